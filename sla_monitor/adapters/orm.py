@@ -1,0 +1,108 @@
+"""Database schema (SQLAlchemy 2 declarative models). Migrations live in ./migrations.
+
+Instants are stored as integer microseconds since the epoch: exact, portable between
+SQLite and PostgreSQL, and cheap to compare and index.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Float, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("source", "event_id", name="uq_events_source_event_id"),
+        Index("ix_events_contact", "source", "conversation_id"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(200))
+    event_id: Mapped[str] = mapped_column(String(500))
+    conversation_id: Mapped[str] = mapped_column(String(500))
+    kind: Mapped[str] = mapped_column(String(32))
+    occurred_us: Mapped[int] = mapped_column(BigInteger)
+    channel: Mapped[str] = mapped_column(String(16))
+    queue: Mapped[str] = mapped_column(String(200))
+    customer_id: Mapped[str | None] = mapped_column(String(500))
+    priority: Mapped[str | None] = mapped_column(String(64))
+    tier: Mapped[str | None] = mapped_column(String(64))
+    tags: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(200))
+    ingested_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class ContactRow(Base):
+    __tablename__ = "contacts"
+    __table_args__ = (Index("ix_contacts_customer", "customer_id", "opened_us"),)
+    source: Mapped[str] = mapped_column(String(200), primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(String(500), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    queue: Mapped[str] = mapped_column(String(200))
+    priority: Mapped[str] = mapped_column(String(64))
+    customer_id: Mapped[str | None] = mapped_column(String(500))
+    rule: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    opened_us: Mapped[int | None] = mapped_column(BigInteger)
+    first_response_us: Mapped[int | None] = mapped_column(BigInteger)
+    repeat_of_source: Mapped[str | None] = mapped_column(String(200))
+    repeat_of_conversation: Mapped[str | None] = mapped_column(String(500))
+    events: Mapped[int] = mapped_column(Integer)
+    next_wake_us: Mapped[int | None] = mapped_column(BigInteger)
+    awaiting_us: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class TargetRow(Base):
+    __tablename__ = "targets"
+    __table_args__ = (Index("ix_targets_open", "is_open"),)
+    source: Mapped[str] = mapped_column(String(200), primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(String(500), primary_key=True)
+    target: Mapped[str] = mapped_column(String(32), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    queue: Mapped[str] = mapped_column(String(200))
+    priority: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    is_open: Mapped[bool] = mapped_column(Boolean)
+    started_us: Mapped[int] = mapped_column(BigInteger)
+    deadline_us: Mapped[int | None] = mapped_column(BigInteger)
+    warn_us: Mapped[int | None] = mapped_column(BigInteger)
+    ended_us: Mapped[int | None] = mapped_column(BigInteger)
+    decided_us: Mapped[int | None] = mapped_column(BigInteger)
+    response_seconds: Mapped[float | None] = mapped_column(Float)
+
+
+class SourceStateRow(Base):
+    __tablename__ = "source_state"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    cursor: Mapped[str | None] = mapped_column(Text)
+    watermark_us: Mapped[int | None] = mapped_column(BigInteger)
+    last_success_us: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class PollCountRow(Base):
+    __tablename__ = "poll_counts"
+    source: Mapped[str] = mapped_column(String(200), primary_key=True)
+    result: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+
+
+class RejectedRow(Base):
+    __tablename__ = "rejected_events"
+    __table_args__ = (Index("ix_rejected_source", "source", "reason"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)
+    rejected_us: Mapped[int] = mapped_column(BigInteger)

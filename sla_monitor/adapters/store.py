@@ -1,0 +1,497 @@
+"""The store: events (the source of truth), contact and target state, source cursors.
+
+SQLite (WAL) by default, PostgreSQL by URL. Schema changes go through Alembic migrations,
+applied on start. Bulk paths use Core statements on the ORM tables (far cheaper than
+ORM unit-of-work for tens of thousands of rows).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, cast
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from sla_monitor.adapters.orm import (
+    ContactRow,
+    EventRow,
+    PollCountRow,
+    RejectedRow,
+    SourceStateRow,
+    TargetRow,
+)
+from sla_monitor.domain.engine import ContactEvaluation, ContactSummary
+from sla_monitor.domain.events import Channel, ContactKey, Event, EventKind, Status
+from sla_monitor.domain.timeutil import from_micros, to_micros
+from sla_monitor.sources.abc import Rejected
+
+EVENTS = cast(Table, EventRow.__table__)
+CONTACTS = cast(Table, ContactRow.__table__)
+TARGETS = cast(Table, TargetRow.__table__)
+SOURCES = cast(Table, SourceStateRow.__table__)
+POLLS = cast(Table, PollCountRow.__table__)
+REJECTED = cast(Table, RejectedRow.__table__)
+
+NO_PRIORITY = "none"  # label for contacts whose source gives no priority
+
+
+def _us(dt: datetime | None) -> int | None:
+    return None if dt is None else to_micros(dt)
+
+
+def _dt(us: int | None) -> datetime | None:
+    return None if us is None else from_micros(us)
+
+
+@dataclass
+class SourceState:
+    name: str
+    kind: str
+    cursor: str | None = None
+    watermark: datetime | None = None
+    last_success: datetime | None = None
+
+
+def event_row(e: Event, ingested_us: int) -> dict[str, Any]:
+    return {
+        "source": e.source,
+        "event_id": e.event_id,
+        "conversation_id": e.conversation_id,
+        "kind": e.kind.value,
+        "occurred_us": to_micros(e.occurred_at),
+        "channel": e.channel.value,
+        "queue": e.queue,
+        "customer_id": e.customer_id,
+        "priority": e.priority,
+        "tier": e.tier,
+        "tags": json.dumps(sorted(e.tags)) if e.tags else None,
+        "status": e.status.value if e.status else None,
+        "reason": e.reason,
+        "ingested_us": ingested_us,
+    }
+
+
+_EVENT_COLUMNS = (
+    EVENTS.c.source,
+    EVENTS.c.event_id,
+    EVENTS.c.conversation_id,
+    EVENTS.c.kind,
+    EVENTS.c.occurred_us,
+    EVENTS.c.channel,
+    EVENTS.c.queue,
+    EVENTS.c.customer_id,
+    EVENTS.c.priority,
+    EVENTS.c.tier,
+    EVENTS.c.tags,
+    EVENTS.c.status,
+    EVENTS.c.reason,
+)
+
+
+def _row_event(r: Sequence[Any]) -> Event:
+    return Event(
+        source=r[0],
+        event_id=r[1],
+        conversation_id=r[2],
+        kind=EventKind(r[3]),
+        occurred_at=from_micros(r[4]),
+        channel=Channel(r[5]),
+        queue=r[6],
+        customer_id=r[7],
+        priority=r[8],
+        tier=r[9],
+        tags=frozenset(json.loads(r[10])) if r[10] else frozenset(),
+        status=Status(r[11]) if r[11] else None,
+        reason=r[12],
+    )
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self.engine: Engine = create_engine(url, **kwargs)
+        self.dialect = self.engine.dialect.name
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def migrate(self) -> None:
+        """Bring the schema to the latest revision (idempotent)."""
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def _insert(self, table: Any) -> Any:
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+
+    # -- events -------------------------------------------------------------------------
+
+    def add_events(self, conn: Connection, events: Sequence[Event], now_us: int) -> list[Event]:
+        """Insert, skipping ones already stored; returns the events that were new."""
+        if not events:
+            return []
+        by_key = {e.dedup_key: e for e in events}
+        stmt = (
+            self._insert(EVENTS)
+            .on_conflict_do_nothing(index_elements=["source", "event_id"])
+            .returning(EVENTS.c.source, EVENTS.c.event_id)
+        )
+        new: list[Event] = []
+        rows = [event_row(e, now_us) for e in by_key.values()]
+        for i in range(0, len(rows), 5000):
+            for src, eid in conn.execute(stmt, rows[i : i + 5000]):
+                new.append(by_key[(src, eid)])
+        return new
+
+    def add_rejected(
+        self, conn: Connection, source: str, items: Sequence[Rejected], now_us: int
+    ) -> None:
+        if items:
+            conn.execute(
+                REJECTED.insert(),
+                [
+                    {
+                        "source": source,
+                        "reason": r.reason,
+                        "detail": r.detail[:4000],
+                        "payload": r.payload[:20000],
+                        "rejected_us": now_us,
+                    }
+                    for r in items
+                ],
+            )
+
+    def events_for(
+        self, conn: Connection, keys: Iterable[ContactKey]
+    ) -> dict[ContactKey, list[Event]]:
+        out: dict[ContactKey, list[Event]] = {}
+        key_list = list(keys)
+        for i in range(0, len(key_list), 500):
+            chunk = key_list[i : i + 500]
+            q = select(*_EVENT_COLUMNS).where(
+                tuple_(EVENTS.c.source, EVENTS.c.conversation_id).in_(chunk)
+            )
+            for r in conn.execute(q):
+                out.setdefault((r[0], r[2]), []).append(_row_event(r))
+        return out
+
+    def iter_contacts(self, conn: Connection, until_us: int | None = None) -> Iterator[list[Event]]:
+        """Every contact's events, one contact at a time (for replay and report)."""
+        q = select(*_EVENT_COLUMNS).order_by(EVENTS.c.source, EVENTS.c.conversation_id)
+        if until_us is not None:
+            q = q.where(EVENTS.c.occurred_us <= until_us)
+        current: list[Event] = []
+        for r in conn.execution_options(yield_per=10000).execute(q):
+            e = _row_event(r)
+            if current and current[0].contact_key != e.contact_key:
+                yield current
+                current = []
+            current.append(e)
+        if current:
+            yield current
+
+    def count_events(self, conn: Connection) -> int:
+        return int(conn.execute(select(func.count()).select_from(EVENTS)).scalar_one())
+
+    # -- sources -----------------------------------------------------------------------
+
+    def load_sources(self, conn: Connection) -> dict[str, SourceState]:
+        return {
+            r.name: SourceState(
+                r.name, r.kind, r.cursor, _dt(r.watermark_us), _dt(r.last_success_us)
+            )
+            for r in conn.execute(select(SOURCES))
+        }
+
+    def save_source(self, conn: Connection, s: SourceState) -> None:
+        values = {
+            "kind": s.kind,
+            "cursor": s.cursor,
+            "watermark_us": _us(s.watermark),
+            "last_success_us": _us(s.last_success),
+        }
+        stmt = self._insert(SOURCES).values(name=s.name, **values)
+        conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=values))
+
+    def count_poll(self, conn: Connection, source: str, result: str) -> None:
+        stmt = self._insert(POLLS).values(source=source, result=result, count=1)
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["source", "result"], set_={"count": POLLS.c.count + 1}
+            )
+        )
+
+    # -- contact and target state -------------------------------------------------------
+
+    def targets_for(
+        self, conn: Connection, keys: Sequence[ContactKey]
+    ) -> dict[ContactKey, list[Any]]:
+        out: dict[ContactKey, list[Any]] = {}
+        for i in range(0, len(keys), 500):
+            q = select(TARGETS).where(
+                tuple_(TARGETS.c.source, TARGETS.c.conversation_id).in_(keys[i : i + 500])
+            )
+            for r in conn.execute(q):
+                out.setdefault((r.source, r.conversation_id), []).append(r)
+        return out
+
+    def contacts_for(self, conn: Connection, keys: Sequence[ContactKey]) -> dict[ContactKey, Any]:
+        out: dict[ContactKey, Any] = {}
+        for i in range(0, len(keys), 500):
+            q = select(CONTACTS).where(
+                tuple_(CONTACTS.c.source, CONTACTS.c.conversation_id).in_(keys[i : i + 500])
+            )
+            for r in conn.execute(q):
+                out[(r.source, r.conversation_id)] = r
+        return out
+
+    def save_evaluations(
+        self,
+        conn: Connection,
+        evaluations: Sequence[ContactEvaluation],
+        repeat_links: dict[ContactKey, ContactKey] | None = None,
+        replace: bool = True,
+        contact_labels: dict[ContactKey, tuple[str, str, str]] | None = None,
+        target_labels: dict[tuple[str, str, str, int], tuple[str, str, str]] | None = None,
+    ) -> None:
+        """Write contact and target rows for these evaluations (replacing what was there).
+
+        `contact_labels` and `target_labels` keep the labels a contact was counted under when
+        it opened, and a target when its outcome was decided, so counters never move between
+        series when a contact's priority or queue changes later.
+        """
+        if not evaluations:
+            return
+        keys = [ev.key for ev in evaluations]
+        if replace:
+            for i in range(0, len(keys), 500):
+                chunk = keys[i : i + 500]
+                conn.execute(
+                    delete(TARGETS).where(
+                        tuple_(TARGETS.c.source, TARGETS.c.conversation_id).in_(chunk)
+                    )
+                )
+                conn.execute(
+                    delete(CONTACTS).where(
+                        tuple_(CONTACTS.c.source, CONTACTS.c.conversation_id).in_(chunk)
+                    )
+                )
+        links = repeat_links or {}
+        contact_rows, target_rows = [], []
+        for ev in evaluations:
+            a = ev.attributes
+            prio = a.priority or NO_PRIORITY
+            link = links.get(ev.key)
+            ch, q, p = (contact_labels or {}).get(ev.key) or (a.channel.value, a.queue, prio)
+            contact_rows.append(
+                {
+                    "source": ev.key[0],
+                    "conversation_id": ev.key[1],
+                    "channel": ch,
+                    "queue": q,
+                    "priority": p,
+                    "customer_id": a.customer_id,
+                    "rule": ev.rule,
+                    "status": ev.status.value,
+                    "opened_us": _us(ev.opened_at),
+                    "first_response_us": _us(ev.first_response_at),
+                    "repeat_of_source": link[0] if link else None,
+                    "repeat_of_conversation": link[1] if link else None,
+                    "events": ev.events,
+                    "next_wake_us": _us(ev.next_wake),
+                    "awaiting_us": _us(ev.awaiting_watermark),
+                }
+            )
+            for t in ev.targets:
+                tk = (ev.key[0], ev.key[1], t.target.value, t.seq)
+                ch, q, p = (target_labels or {}).get(tk) or (a.channel.value, a.queue, prio)
+                target_rows.append(
+                    {
+                        "source": ev.key[0],
+                        "conversation_id": ev.key[1],
+                        "target": t.target.value,
+                        "seq": t.seq,
+                        "channel": ch,
+                        "queue": q,
+                        "priority": p,
+                        "state": t.state.value,
+                        "outcome": t.outcome.value if t.outcome else None,
+                        "is_open": t.is_open,
+                        "started_us": to_micros(t.started_at),
+                        "deadline_us": _us(t.deadline),
+                        "warn_us": _us(t.warn_at),
+                        "ended_us": _us(t.ended_at),
+                        "decided_us": _us(t.decided_at),
+                        "response_seconds": t.response_seconds,
+                    }
+                )
+        for i in range(0, len(contact_rows), 5000):
+            conn.execute(CONTACTS.insert(), contact_rows[i : i + 5000])
+        for i in range(0, len(target_rows), 5000):
+            conn.execute(TARGETS.insert(), target_rows[i : i + 5000])
+
+    def set_repeat(self, conn: Connection, key: ContactKey, link: ContactKey | None) -> None:
+        conn.execute(
+            update(CONTACTS)
+            .where(CONTACTS.c.source == key[0], CONTACTS.c.conversation_id == key[1])
+            .values(
+                repeat_of_source=link[0] if link else None,
+                repeat_of_conversation=link[1] if link else None,
+            )
+        )
+
+    def summaries_for_customers(
+        self, conn: Connection, customers: Iterable[str]
+    ) -> list[ContactSummary]:
+        out: list[ContactSummary] = []
+        cust = sorted(set(customers))
+        for i in range(0, len(cust), 500):
+            q = select(
+                CONTACTS.c.source,
+                CONTACTS.c.conversation_id,
+                CONTACTS.c.customer_id,
+                CONTACTS.c.opened_us,
+                CONTACTS.c.first_response_us,
+                CONTACTS.c.repeat_of_source,
+                CONTACTS.c.repeat_of_conversation,
+            ).where(CONTACTS.c.customer_id.in_(cust[i : i + 500]))
+            for r in conn.execute(q):
+                out.append(ContactSummary((r[0], r[1]), r[2], _dt(r[3]), _dt(r[4])))
+        return out
+
+    def repeat_links(
+        self, conn: Connection, keys: Iterable[ContactKey]
+    ) -> dict[ContactKey, ContactKey]:
+        out = {}
+        for k, r in self.contacts_for(conn, list(keys)).items():
+            if r.repeat_of_source is not None:
+                out[k] = (r.repeat_of_source, r.repeat_of_conversation)
+        return out
+
+    def clear_state(self, conn: Connection) -> None:
+        conn.execute(delete(TARGETS))
+        conn.execute(delete(CONTACTS))
+
+    # -- what counters start from after a restart ----------------------------------------
+
+    def open_targets(self, conn: Connection) -> Iterator[Any]:
+        q = select(TARGETS).where(TARGETS.c.is_open.is_(True))
+        yield from conn.execution_options(yield_per=10000).execute(q)
+
+    def pending_wakes(self, conn: Connection) -> Iterator[tuple[str, str, int | None, int | None]]:
+        q = select(
+            CONTACTS.c.source,
+            CONTACTS.c.conversation_id,
+            CONTACTS.c.next_wake_us,
+            CONTACTS.c.awaiting_us,
+        ).where((CONTACTS.c.next_wake_us.is_not(None)) | (CONTACTS.c.awaiting_us.is_not(None)))
+        for r in conn.execute(q):
+            yield (r[0], r[1], r[2], r[3])
+
+    def outcome_counts(self, conn: Connection) -> list[tuple[tuple[str, ...], int]]:
+        q = (
+            select(
+                TARGETS.c.channel,
+                TARGETS.c.queue,
+                TARGETS.c.priority,
+                TARGETS.c.target,
+                TARGETS.c.outcome,
+                func.count(),
+            )
+            .where(TARGETS.c.outcome.is_not(None))
+            .group_by(
+                TARGETS.c.channel,
+                TARGETS.c.queue,
+                TARGETS.c.priority,
+                TARGETS.c.target,
+                TARGETS.c.outcome,
+            )
+        )
+        return [(tuple(r[:5]), int(r[5])) for r in conn.execute(q)]
+
+    def response_times(self, conn: Connection) -> Iterator[tuple[str, str, str, float]]:
+        q = select(
+            TARGETS.c.channel, TARGETS.c.queue, TARGETS.c.target, TARGETS.c.response_seconds
+        ).where(TARGETS.c.response_seconds.is_not(None))
+        for r in conn.execution_options(yield_per=10000).execute(q):
+            yield (r[0], r[1], r[2], float(r[3]))
+
+    def opened_counts(self, conn: Connection) -> list[tuple[tuple[str, ...], int]]:
+        q = (
+            select(CONTACTS.c.channel, CONTACTS.c.queue, CONTACTS.c.priority, func.count())
+            .where(CONTACTS.c.opened_us.is_not(None))
+            .group_by(CONTACTS.c.channel, CONTACTS.c.queue, CONTACTS.c.priority)
+        )
+        return [(tuple(r[:3]), int(r[3])) for r in conn.execute(q)]
+
+    def repeat_counts(self, conn: Connection) -> list[tuple[tuple[str, ...], int]]:
+        q = (
+            select(CONTACTS.c.channel, CONTACTS.c.queue, func.count())
+            .where(CONTACTS.c.repeat_of_source.is_not(None))
+            .group_by(CONTACTS.c.channel, CONTACTS.c.queue)
+        )
+        return [(tuple(r[:2]), int(r[2])) for r in conn.execute(q)]
+
+    def queues_seen(self, conn: Connection) -> list[tuple[str, str, str]]:
+        q = select(CONTACTS.c.source, CONTACTS.c.channel, CONTACTS.c.queue).distinct()
+        return [(r[0], r[1], r[2]) for r in conn.execute(q)]
+
+    def ingested_counts(self, conn: Connection) -> list[tuple[tuple[str, ...], int]]:
+        q = select(EVENTS.c.source, EVENTS.c.kind, func.count()).group_by(
+            EVENTS.c.source, EVENTS.c.kind
+        )
+        return [(tuple(r[:2]), int(r[2])) for r in conn.execute(q)]
+
+    def rejected_counts(self, conn: Connection) -> list[tuple[tuple[str, ...], int]]:
+        q = select(REJECTED.c.source, REJECTED.c.reason, func.count()).group_by(
+            REJECTED.c.source, REJECTED.c.reason
+        )
+        return [(tuple(r[:2]), int(r[2])) for r in conn.execute(q)]
+
+    def poll_counts(self, conn: Connection) -> list[tuple[tuple[str, ...], int]]:
+        q = select(POLLS.c.source, POLLS.c.result, POLLS.c.count)
+        return [((r[0], r[1]), int(r[2])) for r in conn.execute(q)]
+
+    def rejected(self, conn: Connection, limit: int = 100) -> list[Any]:
+        q = select(REJECTED).order_by(REJECTED.c.id.desc()).limit(limit)
+        return list(conn.execute(q))
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers (scrapes, reports) never block the poller
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()

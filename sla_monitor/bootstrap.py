@@ -1,0 +1,182 @@
+"""The composition root: config -> store -> monitor -> sources -> scheduler -> /metrics."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import ThreadingHTTPServer
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import CollectorRegistry
+from prometheus_client.process_collector import ProcessCollector
+
+from sla_monitor.adapters.store import Store
+from sla_monitor.config import Config, SourceConfig, load_config, parse_listen
+from sla_monitor.entrypoints.http import serve
+from sla_monitor.publishing.metrics import MonitorCollector
+from sla_monitor.service_layer.clock import AcceleratedClock, Clock, SystemClock
+from sla_monitor.service_layer.monitor import Monitor
+from sla_monitor.sources import Source, build_source
+
+log = logging.getLogger(__name__)
+WAKE_JOB = "deadline-wake"
+
+
+def open_store(config: Config, db_url: str | None = None) -> Store:
+    store = Store(db_url or config.database_url)
+    store.migrate()
+    return store
+
+
+def choose_clock(config: Config, store: Store) -> Clock:
+    """The demo desk may run the monitor's clock faster than real time (speed > 1)."""
+    speeds = {
+        float(s.options.get("speed", 1.0)) for s in config.settings.sources if s.kind == "demo"
+    }
+    speed = max(speeds, default=1.0)
+    if speed <= 1.0:
+        return SystemClock()
+    if any(s.kind != "demo" for s in config.settings.sources):
+        log.warning("demo speed %.0fx also speeds up the clock of the other sources", speed)
+    with store.begin() as conn:
+        marks = [s.watermark for s in store.load_sources(conn).values() if s.watermark]
+    origin = max([datetime.now(UTC), *marks])  # never let a restart move time backwards
+    log.info("demo: the monitor's clock runs %.0fx faster than real time", speed)
+    return AcceleratedClock(speed, origin)
+
+
+@dataclass
+class App:
+    config: Config
+    store: Store
+    clock: Clock
+    monitor: Monitor
+    sources: dict[str, tuple[Source, SourceConfig]]
+    listen: str
+    scheduler: BackgroundScheduler = field(
+        default_factory=lambda: BackgroundScheduler(timezone=UTC)
+    )
+    http: ThreadingHTTPServer | None = None
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    polled: set[str] = field(default_factory=set)
+    _wake_at: datetime | None = None
+    _wake_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def poll(self, name: str) -> None:
+        source, cfg = self.sources[name]
+        state = self.monitor.sources.get(name)
+        started = time.perf_counter()
+        try:
+            result = source.poll(state.cursor if state else None, self.clock.now())
+        except Exception as exc:
+            self.monitor.poll_failed(name, cfg.kind, str(exc), time.perf_counter() - started)
+            log.error("poll of source %s failed: %s", name, exc)
+            self.polled.add(name)
+            return
+        try:
+            summary = self.monitor.apply_poll(name, cfg.kind, result, time.perf_counter() - started)
+        except Exception:
+            log.exception("storing the poll of source %s failed; it will be read again", name)
+            self.monitor.poll_failed(name, cfg.kind, "store error", time.perf_counter() - started)
+            return
+        self.polled.add(name)
+        if summary.new or summary.rejected:
+            log.debug(
+                "source %s: %d new events, %d rejected, %d contacts evaluated",
+                name,
+                summary.new,
+                summary.rejected,
+                summary.contacts,
+            )
+        if result.more:  # a backlog: read on without waiting for the interval
+            job = self.scheduler.get_job(f"poll:{name}")
+            if job is not None:
+                job.modify(next_run_time=datetime.now(UTC))
+
+    def wake(self) -> None:
+        with self._wake_lock:
+            self._wake_at = None
+        try:
+            self.monitor.wake()
+        except Exception:
+            log.exception("deadline evaluation failed")
+            self.schedule_wake(self.clock.now() + timedelta(seconds=1))
+
+    def schedule_wake(self, at: datetime | None) -> None:
+        """Keep exactly one wake-up job, at the monitor's next warning point or deadline."""
+        with self._wake_lock:
+            if at is None or at == self._wake_at or not self.scheduler.running:
+                return
+            self._wake_at = at
+            self.scheduler.add_job(
+                self.wake,
+                "date",
+                run_date=self.clock.to_real(at),
+                id=WAKE_JOB,
+                replace_existing=True,
+                misfire_grace_time=None,
+                max_instances=4,
+            )
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.monitor.load()
+        self.registry.register(MonitorCollector(self.monitor))
+        self.registry.register(ProcessCollector(registry=None))
+        host, port = parse_listen(self.listen)
+        self.http = serve(host, port, self.registry, self.healthy, self.readiness)
+        log.info("serving /metrics, /healthz, /readyz on %s:%d", host, self.http.server_port)
+        self.scheduler.start()
+        for name, (_source, cfg) in self.sources.items():
+            self.scheduler.add_job(
+                self.poll,
+                "interval",
+                args=[name],
+                id=f"poll:{name}",
+                seconds=cfg.interval.total_seconds(),
+                next_run_time=datetime.now(UTC),
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
+        self.monitor.on_wake_change = self.schedule_wake
+        self.schedule_wake(self.monitor.next_wake())
+
+    def healthy(self) -> bool:
+        return bool(self.scheduler.running)
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self.monitor.ready:
+            return False, "loading state"
+        waiting = sorted(set(self.sources) - self.polled)
+        if waiting:
+            return False, "first poll pending: " + ", ".join(waiting)
+        return True, "ready"
+
+    def stop(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        if self.http is not None:
+            self.http.shutdown()
+            self.http.server_close()
+        for source, _cfg in self.sources.values():
+            source.close()
+        self.store.close()
+
+
+def build_app(config_path: str, db_url: str | None = None, listen: str | None = None) -> App:
+    config = load_config(config_path)
+    store = open_store(config, db_url)
+    clock = choose_clock(config, store)
+    monitor = Monitor(store, config, clock)
+    sources: dict[str, tuple[Source, SourceConfig]] = {}
+    for cfg in config.settings.sources:
+        sources[cfg.name] = (build_source(cfg), cfg)
+        monitor.declare(cfg.name, cfg.kind, cfg.channel.value if cfg.channel else None, cfg.queues)
+    return App(config, store, clock, monitor, sources, listen or config.settings.listen)

@@ -1,0 +1,461 @@
+"""Configuration: YAML -> validated settings -> domain objects.
+
+Every error names the file, the line, the key path and what is wrong, so that
+`sla-monitor check-config` points straight at the mistake.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sla_monitor.domain.calendar import (
+    CONTINUOUS,
+    BusinessCalendar,
+    CalendarError,
+    DailyHours,
+    TargetClock,
+)
+from sla_monitor.domain.events import Channel, EventKind, Status
+from sla_monitor.domain.policy import Match, Policy, Rule, TargetName, TargetSpec
+from sla_monitor.domain.timeutil import parse_duration
+
+DEFAULT_LISTEN = "0.0.0.0:9799"
+DEFAULT_DATABASE = "sqlite:///sla-monitor.db"
+_DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_HOURS = re.compile(r"^(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})$")
+
+
+class ConfigError(Exception):
+    """One or more problems in a config file; str() lists them one per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _duration(v: Any) -> timedelta:
+    try:
+        return parse_duration(v)
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class DatabaseConfig(_Model):
+    url: str | None = None
+    url_env: str | None = Field(None, description="name of an env var holding the URL")
+    url_file: str | None = Field(None, description="file holding the URL (e.g. a secret)")
+
+    @model_validator(mode="after")
+    def _one(self) -> DatabaseConfig:
+        if sum(x is not None for x in (self.url, self.url_env, self.url_file)) > 1:
+            raise ValueError("give only one of url, url_env, url_file")
+        return self
+
+    def resolve(self) -> str:
+        if self.url_env:
+            value = os.environ.get(self.url_env)
+            if not value:
+                raise ConfigError(
+                    [f"database.url_env: environment variable {self.url_env} is not set"]
+                )
+            return value
+        if self.url_file:
+            try:
+                return Path(self.url_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    [f"database.url_file: cannot read {self.url_file}: {exc.strerror}"]
+                ) from None
+        return self.url or DEFAULT_DATABASE
+
+
+class HolidaysConfig(_Model):
+    country: str | None = None
+    subdivision: str | None = None
+    dates: list[date] = []
+
+
+class Period(_Model):
+    from_: datetime | str = Field(alias="from")
+    to: datetime | str
+
+
+class CalendarConfig(_Model):
+    timezone: str
+    hours: dict[str, list[str] | str]
+    holidays: HolidaysConfig = HolidaysConfig()
+    breaks: list[Period] = []
+    extra_shifts: list[Period] = []
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {v!r} (e.g. Europe/London)") from None
+        return v
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, v: dict[str, list[str] | str]) -> dict[str, list[str] | str]:
+        for key, spans in v.items():
+            _weekdays(key)
+            for span in [spans] if isinstance(spans, str) else spans:
+                _daily_hours(span)
+        return v
+
+    def build(self, name: str) -> BusinessCalendar:
+        weekly: dict[int, list[DailyHours]] = {d: [] for d in range(7)}
+        for key, spans in self.hours.items():
+            for day in _weekdays(key):
+                for span in [spans] if isinstance(spans, str) else spans:
+                    weekly[day].append(_daily_hours(span))
+        tz = ZoneInfo(self.timezone)
+        return BusinessCalendar(
+            name,
+            self.timezone,
+            weekly,
+            holiday_dates=self.holidays.dates,
+            holiday_country=self.holidays.country,
+            holiday_subdivision=self.holidays.subdivision,
+            breaks=[(_local(p.from_, tz), _local(p.to, tz)) for p in self.breaks],
+            extra_shifts=[(_local(p.from_, tz), _local(p.to, tz)) for p in self.extra_shifts],
+        )
+
+
+def _weekdays(key: str) -> list[int]:
+    out: list[int] = []
+    for part in str(key).lower().replace(" ", "").split(","):
+        if "-" in part:
+            a, _, b = part.partition("-")
+            if a not in _DAYS or b not in _DAYS:
+                raise ValueError(f"bad weekday range {part!r} (use e.g. mon-fri)")
+            i, j = _DAYS.index(a), _DAYS.index(b)
+            out.extend(range(i, j + 1) if i <= j else [*range(i, 7), *range(0, j + 1)])
+        elif part in _DAYS:
+            out.append(_DAYS.index(part))
+        else:
+            raise ValueError(f"bad weekday {part!r} (use mon, tue, ..., sun, or mon-fri)")
+    return out
+
+
+def _daily_hours(span: str) -> DailyHours:
+    m = _HOURS.match(str(span).strip())
+    if not m:
+        raise ValueError(f"bad hours {span!r} (use HH:MM-HH:MM, e.g. 09:00-17:30)")
+    h1, m1, h2, m2 = (int(x) for x in m.groups())
+    if h1 > 23 or m1 > 59 or h2 > 24 or m2 > 59 or (h2 == 24 and m2):
+        raise ValueError(f"bad hours {span!r}")
+    start, end = h1 * 3600 + m1 * 60, h2 * 3600 + m2 * 60
+    if end <= start:  # overnight, e.g. 22:00-06:00
+        end += 86400
+    return DailyHours(start, end)
+
+
+def _local(value: datetime | str, tz: ZoneInfo) -> datetime:
+    dt = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=tz)
+
+
+class ClockConfig(_Model):
+    business: str
+
+
+class TargetConfig(_Model):
+    within: timedelta
+    clock: Literal["calendar"] | ClockConfig = "calendar"
+    warn_before: timedelta | float | None = None
+    pause_on: list[Status] | None = None
+    fulfilled_by: list[EventKind] | None = None
+
+    @field_validator("within", mode="before")
+    @classmethod
+    def _within(cls, v: Any) -> timedelta:
+        return _duration(v)
+
+    @field_validator("warn_before", mode="before")
+    @classmethod
+    def _warn(cls, v: Any) -> timedelta | float | None:
+        if v is None:
+            return None
+        if isinstance(v, str) and v.strip().endswith("%"):
+            v = float(v.strip()[:-1]) / 100
+        if isinstance(v, float) and 0 < v < 1:
+            return v  # a fraction of `within`
+        return _duration(v)
+
+
+class MatchConfig(_Model):
+    channel: list[Channel] | None = None
+    queue: list[str] | None = None
+    priority: list[str] | None = None
+    tier: list[str] | None = None
+    tags: list[str] = []
+
+    @field_validator("channel", "queue", "priority", "tier", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class RuleConfig(_Model):
+    name: str
+    match: MatchConfig = MatchConfig()
+    targets: dict[TargetName, TargetConfig]
+
+
+class ServiceLevelConfig(_Model):
+    # answered within threshold / (answered + abandoned after threshold) by default;
+    # contact centres differ on whether abandons before the threshold count.
+    formula: Literal["late_abandons", "all_abandons", "all_abandons_and_short"] = "late_abandons"
+
+
+class PolicyConfig(_Model):
+    repeat_window: timedelta = timedelta(days=7)
+    short_abandon: timedelta = timedelta(seconds=5)
+    service_level: ServiceLevelConfig = ServiceLevelConfig()
+    rules: list[RuleConfig]
+
+    @field_validator("repeat_window", "short_abandon", mode="before")
+    @classmethod
+    def _durations(cls, v: Any) -> timedelta:
+        return _duration(v)
+
+
+class SourceConfig(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: str
+    channel: Channel | None = None
+    interval: timedelta = timedelta(seconds=30)
+    queues: list[str] = []
+    contact_url: str | None = None  # e.g. https://desk.example.com/tickets/{conversation_id}
+    options: dict[str, Any] = {}
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _interval(cls, v: Any) -> timedelta:
+        return _duration(v)
+
+
+class Settings(_Model):
+    database: DatabaseConfig | str = DatabaseConfig()
+    listen: str = DEFAULT_LISTEN
+    calendars: dict[str, CalendarConfig] = {}
+    policy: PolicyConfig
+    sources: list[SourceConfig] = []
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+
+def parse_listen(v: str) -> tuple[str, int]:
+    host, sep, port = v.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"listen address must be HOST:PORT, got {v!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    settings: Settings
+    calendars: dict[str, BusinessCalendar]
+    policy: Policy
+    service_level_formula: str
+
+    @property
+    def database_url(self) -> str:
+        db = self.settings.database
+        return db if isinstance(db, str) else db.resolve()
+
+
+# -- loading ----------------------------------------------------------------------------
+
+
+def _node_line(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """The 1-based line of the YAML node at a pydantic error location."""
+    node = root
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = None
+            for k, v in node.value:
+                if str(k.value) == str(part):
+                    nxt = v
+                    line = k.start_mark.line + 1
+                    break
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            node = node.value[part] if part < len(node.value) else None
+            if node is not None:
+                line = node.start_mark.line + 1
+        else:
+            break
+        if node is None:
+            break
+    return line
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before") or "[" in str(part):
+            continue  # pydantic's internal validator/union step names
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    skip = {
+        "str",
+        "float",
+        "int",
+        "timedelta",
+        "ClockConfig",
+        "DatabaseConfig",
+        "literal['calendar']",
+    }
+    return tuple(
+        p
+        for p in loc
+        if not (
+            isinstance(p, str)
+            and (p in skip or p.startswith(("function-", "union[", "list[", "literal[")))
+        )
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Load and validate a config file; raises ConfigError listing every problem found."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read config: {exc.strerror}"]) from None
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"{p}:{mark.line + 1}" if mark else str(p)
+        raise ConfigError([f"{at}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{p}: the config must be a YAML mapping (keys: policy, sources, ...)"])
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        seen = set()
+        for err in exc.errors():
+            loc = _clean_loc(tuple(err["loc"]))
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check the spelling; see the README for the keys)"
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+            line = _node_line(root, loc)
+            entry = f"{p}:{line}: {_path(loc)}: {msg}" if line else f"{p}: {_path(loc)}: {msg}"
+            if entry not in seen:
+                seen.add(entry)
+                problems.append(entry)
+        raise ConfigError(problems) from None
+    found: list[str] = []
+    calendars: dict[str, BusinessCalendar] = {}
+    for name, cal in settings.calendars.items():
+        try:
+            calendars[name] = cal.build(name)
+        except (CalendarError, ValueError) as exc:
+            where: tuple[int | str, ...] = ("calendars", name)
+            found.append(f"{p}:{_node_line(root, where)}: calendars.{name}: {exc}")
+    rules: list[Rule] = []
+    for i, rc in enumerate(settings.policy.rules):
+        specs: list[TargetSpec] = []
+        for tname, tc in rc.targets.items():
+            where = ("policy", "rules", i, "targets", tname.value)
+            clock: TargetClock = CONTINUOUS
+            if isinstance(tc.clock, ClockConfig):
+                if tc.clock.business not in calendars:
+                    known = ", ".join(sorted(settings.calendars)) or "none defined"
+                    found.append(
+                        f"{p}:{_node_line(root, (*where, 'clock'))}: policy.rules[{i}].targets."
+                        f"{tname.value}.clock.business: unknown calendar "
+                        f"{tc.clock.business!r} (known: {known})"
+                    )
+                    continue
+                clock = calendars[tc.clock.business]
+            warn = tc.warn_before
+            warn_td = tc.within * warn if isinstance(warn, float) else warn
+            specs.append(
+                TargetSpec(
+                    tname,
+                    tc.within,
+                    clock,
+                    warn_td,
+                    frozenset(tc.pause_on) if tc.pause_on is not None else None,
+                    frozenset(tc.fulfilled_by) if tc.fulfilled_by is not None else None,
+                )
+            )
+        m = rc.match
+        rules.append(
+            Rule(
+                rc.name,
+                Match(
+                    frozenset(m.channel) if m.channel else None,
+                    frozenset(m.queue) if m.queue else None,
+                    frozenset(m.priority) if m.priority else None,
+                    frozenset(m.tier) if m.tier else None,
+                    frozenset(m.tags),
+                ),
+                tuple(specs),
+            )
+        )
+    names = [s.name for s in settings.sources]
+    for i, src in enumerate(settings.sources):
+        if names.count(src.name) > 1:
+            found.append(
+                f"{p}:{_node_line(root, ('sources', i, 'name'))}: sources[{i}].name: "
+                f"duplicate source name {src.name!r}"
+            )
+    from sla_monitor.sources import validate_source_config  # late: sources import config types
+
+    for i, src in enumerate(settings.sources):
+        for loc_tail, msg in validate_source_config(src):
+            where = ("sources", i, *loc_tail)
+            found.append(f"{p}:{_node_line(root, where)}: {_path(where)}: {msg}")
+    if found:
+        raise ConfigError(found)
+    pc = settings.policy
+    policy = Policy(tuple(rules), pc.repeat_window, pc.short_abandon)
+    return Config(str(p), settings, calendars, policy, pc.service_level.formula)
+
+
+def load_calendars(path: str | os.PathLike[str]) -> dict[str, BusinessCalendar]:
+    return load_config(path).calendars
+
+
+def default_config_path() -> str:
+    """--config default: $SLA_MONITOR_CONFIG, else config/sla-monitor.yaml."""
+    return os.environ.get("SLA_MONITOR_CONFIG") or "config/sla-monitor.yaml"
+
+
+__all__ = ["DEFAULT_DATABASE", "DEFAULT_LISTEN", "Config", "ConfigError", "load_config"]

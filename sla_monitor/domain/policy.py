@@ -1,0 +1,118 @@
+"""Policies: ordered rules; the first whose conditions match a contact gives its targets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+
+from sla_monitor.domain.calendar import CONTINUOUS, TargetClock
+from sla_monitor.domain.events import Channel, EventKind, Status
+
+
+class TargetName(StrEnum):
+    AUTO_ACK = "auto_ack"
+    FIRST_REPLY = "first_reply"
+    ANSWER = "answer"
+    NEXT_REPLY = "next_reply"
+    KEEP_INFORMED = "keep_informed"
+
+
+DEFAULT_FULFILLED_BY: dict[TargetName, frozenset[EventKind]] = {
+    TargetName.AUTO_ACK: frozenset({EventKind.AUTO_REPLY, EventKind.AGENT_REPLY}),
+    TargetName.FIRST_REPLY: frozenset({EventKind.AGENT_REPLY}),
+    TargetName.ANSWER: frozenset({EventKind.CALL_ANSWERED}),
+    TargetName.NEXT_REPLY: frozenset({EventKind.AGENT_REPLY}),
+    TargetName.KEEP_INFORMED: frozenset({EventKind.AGENT_REPLY}),
+}
+
+_WAITING = frozenset({Status.PENDING, Status.ON_HOLD})
+DEFAULT_PAUSE_ON: dict[TargetName, frozenset[Status]] = {
+    TargetName.AUTO_ACK: frozenset(),
+    TargetName.FIRST_REPLY: _WAITING,
+    TargetName.ANSWER: frozenset(),
+    TargetName.NEXT_REPLY: _WAITING,
+    TargetName.KEEP_INFORMED: _WAITING,
+}
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    name: TargetName
+    within: timedelta
+    clock: TargetClock = CONTINUOUS
+    warn_before: timedelta | None = None
+    pause_on: frozenset[Status] | None = None
+    fulfilled_by: frozenset[EventKind] | None = None
+
+    @property
+    def pauses(self) -> frozenset[Status]:
+        return DEFAULT_PAUSE_ON[self.name] if self.pause_on is None else self.pause_on
+
+    @property
+    def fulfilments(self) -> frozenset[EventKind]:
+        if self.fulfilled_by is None:
+            return DEFAULT_FULFILLED_BY[self.name]
+        return self.fulfilled_by
+
+
+@dataclass(frozen=True)
+class ContactAttributes:
+    channel: Channel
+    queue: str
+    priority: str | None = None
+    tier: str | None = None
+    tags: frozenset[str] = frozenset()
+    customer_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Match:
+    """Conditions of a rule; an absent condition matches anything. Tags must all be present."""
+
+    channels: frozenset[Channel] | None = None
+    queues: frozenset[str] | None = None
+    priorities: frozenset[str] | None = None
+    tiers: frozenset[str] | None = None
+    tags: frozenset[str] = frozenset()
+
+    def matches(self, c: ContactAttributes) -> bool:
+        return (
+            (self.channels is None or c.channel in self.channels)
+            and (self.queues is None or c.queue in self.queues)
+            and (self.priorities is None or c.priority in self.priorities)
+            and (self.tiers is None or c.tier in self.tiers)
+            and self.tags <= c.tags
+        )
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    match: Match
+    targets: tuple[TargetSpec, ...]
+
+
+@dataclass(frozen=True)
+class Policy:
+    rules: tuple[Rule, ...]
+    repeat_window: timedelta = timedelta(days=7)
+    short_abandon: timedelta = timedelta(seconds=5)
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def rule_for(self, contact: ContactAttributes) -> Rule | None:
+        for rule in self.rules:
+            if rule.match.matches(contact):
+                return rule
+        return None
+
+    def targets_for_channel(self, channel: Channel) -> list[TargetName]:
+        """Targets any rule could give a contact on this channel (for zero-valued series)."""
+        names: list[TargetName] = []
+        for rule in self.rules:
+            if rule.match.channels is None or channel in rule.match.channels:
+                names.extend(t.name for t in rule.targets if t.name not in names)
+        return names
+
+    def all_withins(self) -> set[float]:
+        return {t.within.total_seconds() for r in self.rules for t in r.targets}

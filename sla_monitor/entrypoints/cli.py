@@ -1,0 +1,462 @@
+"""`sla-monitor`: run, check-config, ingest, replay, report, explain, due."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sla_monitor import __version__
+from sla_monitor.config import Config, ConfigError, default_config_path, load_config
+from sla_monitor.domain.calendar import CONTINUOUS, CalendarError, TargetClock
+from sla_monitor.domain.events import Event
+from sla_monitor.domain.timeutil import format_duration, iso, parse_duration, parse_instant
+from sla_monitor.sources.abc import Rejected
+from sla_monitor.sources.jsonl import parse_line
+
+log = logging.getLogger("sla_monitor")
+
+
+class UsageError(Exception):
+    pass
+
+
+def _instant(text: str) -> datetime:
+    try:
+        return parse_instant(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _duration(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _progress(label: str) -> Any:
+    start = time.monotonic()
+
+    def show(done: int, events: int) -> None:
+        rate = events / max(time.monotonic() - start, 1e-9)
+        print(
+            f"{label}: {done} contacts, {events} events ({rate:,.0f} events/s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return show
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    s = config.settings
+    print(
+        f"{args.config}: OK — {len(s.policy.rules)} policy rules, {len(s.calendars)} calendars, "
+        f"{len(s.sources)} sources ({', '.join(f'{x.name} [{x.kind}]' for x in s.sources) or '-'})"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from sla_monitor.bootstrap import build_app
+
+    app = build_app(args.config, args.db, args.listen)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received signal %d, stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    app.start()
+    log.info(
+        "sla-monitor %s running: %d sources, database %s",
+        __version__,
+        len(app.sources),
+        _safe_url(app.store.url),
+    )
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        app.stop()
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    """The database URL without its password (never log secrets)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(unparseable URL)"
+
+
+def _store(config: Config, args: argparse.Namespace) -> Any:
+    from sla_monitor.bootstrap import open_store
+
+    return open_store(config, args.db)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from sla_monitor.service_layer.clock import SystemClock
+    from sla_monitor.service_layer.monitor import Monitor
+
+    config = load_config(args.config)
+    store = _store(config, args)
+    monitor = Monitor(store, config, SystemClock())
+    monitor.load()
+    path = Path(args.file)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    events: dict[str, list[Event]] = {}
+    rejected: dict[str, list[Rejected]] = {}
+    totals = {"lines": 0, "events": 0, "new": 0, "rejected": 0}
+    last = time.monotonic()
+    watermark = args.watermark or datetime.now(UTC)
+
+    seen: set[str] = set()
+
+    def flush() -> None:
+        for source in sorted(set(events) | set(rejected)):
+            seen.add(source)
+            summary = monitor.ingest(source, events.get(source, []), rejected.get(source, []))
+            totals["new"] += summary.new
+        events.clear()
+        rejected.clear()
+
+    defaults = {"source": args.source}
+    with path.open("rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            text = raw.decode("utf-8", errors="replace").strip()
+            if not text:
+                continue
+            totals["lines"] += 1
+            item = parse_line(text, None, defaults, f"{path}:{n}")
+            if isinstance(item, Event):
+                events.setdefault(item.source, []).append(item)
+                totals["events"] += 1
+            else:
+                rejected.setdefault(args.source, []).append(item)
+                totals["rejected"] += 1
+                print(f"rejected: {item.detail}", file=sys.stderr)
+            if totals["lines"] % 20000 == 0:
+                flush()
+                if time.monotonic() - last >= 1.0:
+                    print(
+                        f"ingest: {totals['lines']} lines, {totals['new']} new events, "
+                        f"{totals['rejected']} rejected",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    last = time.monotonic()
+    flush()
+    # The watermark applies once the whole file is in: every source named in it has been
+    # read completely up to that instant, so deadlines before it can now be judged.
+    for source in sorted(seen):
+        monitor.ingest(source, [], [], watermark)
+    print(
+        f"ingested {path}: {totals['lines']} lines, {totals['events']} events "
+        f"({totals['new']} new, {totals['events'] - totals['new']} already stored), "
+        f"{totals['rejected']} rejected; watermark {iso(watermark)}"
+    )
+    store.close()
+    return 1 if args.strict and totals["rejected"] else 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from sla_monitor.service_layer.recompute import replay
+
+    config = load_config(args.config)
+    store = _store(config, args)
+    as_of = args.as_of or datetime.now(UTC)
+    started = time.monotonic()
+    summary = replay(store, config, as_of, _progress("replay"))
+    print(
+        f"replayed {summary.contacts} contacts, {summary.targets} targets, "
+        f"{summary.repeats} repeat contacts as of {iso(as_of)} in "
+        f"{time.monotonic() - started:.1f}s"
+    )
+    store.close()
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from sla_monitor.service_layer.recompute import report
+
+    config = load_config(args.config)
+    store = _store(config, args)
+    as_of = args.as_of or datetime.now(UTC)
+    if args.to_ and args.from_ and args.to_ <= args.from_:
+        raise UsageError("--to must be later than --from")
+    result = report(
+        store,
+        config,
+        as_of,
+        args.from_,
+        args.to_,
+        _progress("report") if sys.stderr.isatty() else None,
+    )
+    store.close()
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        print(render_report(result))
+    return 0
+
+
+def render_report(r: dict[str, Any]) -> str:
+    period = f"{r['from'] or 'start'} .. {r['to'] or 'end'}"
+    lines = [f"Compliance report, {period}, as of {r['as_of']}", ""]
+    head = (
+        "channel",
+        "queue",
+        "target",
+        "met",
+        "breached",
+        "cancel",
+        "aband",
+        "short",
+        "open",
+        "compliance",
+        "p50",
+        "p90",
+        "p99",
+    )
+    rows = [head]
+    for t in r["targets"]:
+        rs = t["response_seconds"] or {}
+        rows.append(
+            (
+                t["channel"],
+                t["queue"],
+                t["target"],
+                str(t["met"]),
+                str(t["breached"]),
+                str(t["cancelled"]),
+                str(t["abandoned"]),
+                str(t["abandoned_short"]),
+                str(t["open"]),
+                f"{t['compliance'] * 100:.1f}%" if t["compliance"] is not None else "-",
+                *(
+                    format_duration(timedelta(seconds=round(rs[p]))) if p in rs else "-"
+                    for p in ("p50", "p90", "p99")
+                ),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    if r["contacts"]:
+        lines += ["", "Contacts opened and repeat contacts (customers who had to ask twice):"]
+        for c in r["contacts"]:
+            lines.append(
+                f"  {c['channel']:<8} {c['queue']:<20} opened {c['opened']:>6}   "
+                f"repeat {c['repeat_contacts']:>5}"
+            )
+    if r["service_level"]:
+        lines += ["", "Phone service level:"]
+        for s in r["service_level"]:
+            value = f"{s['value'] * 100:.1f}%" if s["value"] is not None else "-"
+            lines.append(f"  {s['queue']:<20} {value}  ({s['formula']})")
+    return "\n".join(lines)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from sla_monitor.service_layer.recompute import explain
+
+    config = load_config(args.config)
+    store = _store(config, args)
+    source, sep, conv = args.contact.partition(":")
+    if not sep:
+        raise UsageError("CONTACT is SOURCE:CONVERSATION_ID (e.g. demo:1234)")
+    result = explain(store, config, (source, conv), args.as_of or datetime.now(UTC))
+    store.close()
+    if result is None:
+        print(f"no events stored for contact {args.contact}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+        return 0
+    print(
+        f"Contact {result['contact']}  ({result['channel']}, queue {result['queue']}, "
+        f"priority {result['priority']}, customer {result['customer']}, status {result['status']})"
+    )
+    print(
+        f"Policy rule: {result['rule'] or '(none matched: no targets)'}"
+        + (f"   Repeat of: {result['repeat_of']}" if result["repeat_of"] else "")
+    )
+    print(f"As of {result['as_of']}; source read completely up to {result['source_watermark']}")
+    print("\nTimeline:")
+    for e in result["events"]:
+        extra = e.get("status") or e.get("priority") or e.get("reason") or ""
+        print(f"  {e['occurred_at']}  {e['kind']:<18} {extra}")
+    print("\nTargets:")
+    for t in result["targets"]:
+        resp = (
+            f", answered after {format_duration(timedelta(seconds=t['response_seconds']))}"
+            if t["response_seconds"] is not None
+            else ""
+        )
+        print(
+            f"  {t['target']}#{t['seq']}: {t['state'].upper()}  within "
+            f"{format_duration(timedelta(seconds=t['within']))} ({t['clock']} clock), started "
+            f"{t['started_at']}, deadline {t['deadline'] or 'moving (paused)'}{resp}"
+        )
+    return 0
+
+
+def _clock(config: Config | None, name: str) -> TargetClock:
+    if name == "calendar":
+        return CONTINUOUS
+    calendars = config.calendars if config else {}
+    if name not in calendars:
+        known = ", ".join(["calendar", *sorted(calendars)])
+        raise UsageError(f"unknown calendar {name!r} (known: {known})")
+    return calendars[name]
+
+
+def iso_duration(d: timedelta) -> str:
+    micros = round(d.total_seconds() * 1_000_000)
+    sign = "-" if micros < 0 else ""
+    micros = abs(micros)
+    secs, frac = divmod(micros, 1_000_000)
+    h, rest = divmod(secs, 3600)
+    m, s = divmod(rest, 60)
+    out = "PT" + (f"{h}H" if h else "") + (f"{m}M" if m else "")
+    if s or frac or out == "PT":
+        out += (f"{s}.{frac:06d}".rstrip("0").rstrip(".") if frac else str(s)) + "S"
+    return sign + out
+
+
+def cmd_due(args: argparse.Namespace) -> int:
+    config = load_config(args.config) if args.calendar != "calendar" else None
+    clock = _clock(config, args.calendar)
+    if (args.after is None) == (args.to is None):
+        raise UsageError("give exactly one of --after DURATION or --to INSTANT")
+    try:
+        if args.after is not None:
+            print(iso(clock.add(args.from_, args.after)))
+        else:
+            d = clock.between(args.from_, args.to)
+            print(iso_duration(d) if args.format == "iso" else f"{d.total_seconds():g}")
+    except CalendarError as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sla-monitor",
+        description="Responsiveness SLA monitor for customer-support teams.",
+    )
+    p.add_argument("--version", action="version", version=f"sla-monitor {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        default=default_config_path(),
+        help="config file (default: $SLA_MONITOR_CONFIG or config/sla-monitor.yaml)",
+    )
+    common.add_argument("--db", help="database URL; overrides the config's database")
+    common.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", parents=[common], help="poll, evaluate, serve /metrics")
+    run.add_argument(
+        "--listen", help="HOST:PORT for /metrics, /healthz, /readyz (default 0.0.0.0:9799)"
+    )
+    run.set_defaults(func=cmd_run)
+
+    cc = sub.add_parser("check-config", parents=[common], help="validate the config")
+    cc.set_defaults(func=cmd_check_config)
+
+    ing = sub.add_parser("ingest", parents=[common], help="import a JSON-lines file of events")
+    ing.add_argument("file")
+    ing.add_argument(
+        "--source",
+        default="ingest",
+        help="source name for lines that do not name one (default: ingest)",
+    )
+    ing.add_argument(
+        "--watermark",
+        type=_instant,
+        help="the file holds every event up to this instant (default: now)",
+    )
+    ing.add_argument("--strict", action="store_true", help="exit 1 if any line was rejected")
+    ing.set_defaults(func=cmd_ingest)
+
+    rp = sub.add_parser(
+        "replay", parents=[common], help="recompute every outcome from stored events"
+    )
+    rp.add_argument("--as-of", type=_instant, help="evaluate as of this instant (default: now)")
+    rp.set_defaults(func=cmd_replay)
+
+    rep = sub.add_parser("report", parents=[common], help="compliance per channel, queue, target")
+    rep.add_argument("--from", dest="from_", type=_instant, help="targets started at or after")
+    rep.add_argument("--to", dest="to_", type=_instant, help="targets started before")
+    rep.add_argument("--as-of", type=_instant, help="evaluate as of this instant (default: now)")
+    rep.add_argument("--format", choices=["text", "json"], default="text")
+    rep.set_defaults(func=cmd_report)
+
+    ex = sub.add_parser("explain", parents=[common], help="one contact's timeline and targets")
+    ex.add_argument("contact", help="SOURCE:CONVERSATION_ID")
+    ex.add_argument("--as-of", type=_instant)
+    ex.add_argument("--format", choices=["text", "json"], default="text")
+    ex.set_defaults(func=cmd_explain)
+
+    due = sub.add_parser("due", parents=[common], help="calendar arithmetic")
+    due.add_argument(
+        "--calendar", required=True, help="a calendar from the config, or 'calendar' for 24x7 time"
+    )
+    due.add_argument("--from", dest="from_", type=_instant, required=True)
+    due.add_argument("--after", type=_duration, help="deadline: this much open time after --from")
+    due.add_argument("--to", type=_instant, help="open time between --from and --to")
+    due.add_argument(
+        "--format",
+        choices=["iso", "seconds"],
+        default="iso",
+        help="how to print a duration (default: ISO-8601, e.g. PT19H)",
+    )
+    due.set_defaults(func=cmd_due)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print("config error:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"sla-monitor {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

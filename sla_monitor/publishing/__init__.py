@@ -1,0 +1,1 @@
+"""Where results go: Prometheus metrics (and, later, Alertmanager)."""

@@ -1,0 +1,153 @@
+"""A prometheus-client custom collector: every PRODUCT.md metric, read at scrape time from
+the monitor's live aggregates (no stale series for finished contacts, no per-contact
+labels, and a scrape cost that does not grow with the number of open contacts)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from sla_monitor import __version__
+from sla_monitor.domain.engine import OPEN_STATES
+from sla_monitor.domain.events import Channel
+from sla_monitor.service_layer.monitor import Monitor
+
+OPEN_STATE_NAMES = [s.value for s in OPEN_STATES]
+
+
+class MonitorCollector(Collector):
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.monitor.snapshot()
+        policy = self.monitor.policy
+
+        opened = CounterMetricFamily(
+            "sla_contacts_opened",
+            "Contacts opened by customers.",
+            labels=["channel", "queue", "priority"],
+        )
+        for (ch, q, p), n in sorted(snap["opened"].items()):
+            opened.add_metric([ch, q, p], n)
+        yield opened
+
+        outcomes = CounterMetricFamily(
+            "sla_target_outcomes",
+            "Targets that reached an outcome.",
+            labels=["channel", "queue", "priority", "target", "outcome"],
+        )
+        for (ch, q, p, t, o), n in sorted(snap["outcomes"].items()):
+            outcomes.add_metric([ch, q, p, t, o], n)
+        yield outcomes
+
+        response = HistogramMetricFamily(
+            "sla_response_seconds",
+            "Time to fulfilment on the target's clock, pauses excluded; a bucket bound sits "
+            "at every configured `within`.",
+            labels=["channel", "queue", "target"],
+        )
+        for (ch, q, t), (buckets, total) in sorted(snap["responses"].items()):
+            response.add_metric([ch, q, t], buckets, total)
+        yield response
+
+        open_targets = GaugeMetricFamily(
+            "sla_open_targets",
+            "Open targets by state (0 for every configured combination).",
+            labels=["channel", "queue", "target", "state"],
+        )
+        counts = snap["open_counts"]
+        keys = set(k for k, v in counts.items() if v)
+        for ch, q in snap["series"]:
+            for t in policy.targets_for_channel(Channel(ch)):
+                for st in OPEN_STATE_NAMES:
+                    keys.add((ch, q, t.value, st))
+        for key in sorted(keys):
+            open_targets.add_metric(list(key), counts.get(key, 0))
+        yield open_targets
+
+        oldest = GaugeMetricFamily(
+            "sla_oldest_open_target_start_timestamp_seconds",
+            "When the longest-waiting open target started (absent when none is open).",
+            labels=["channel", "queue", "target"],
+        )
+        for (ch, q, t), started_us in sorted(snap["oldest"].items()):
+            oldest.add_metric([ch, q, t], started_us / 1e6)
+        yield oldest
+
+        repeats = CounterMetricFamily(
+            "sla_repeat_contacts",
+            "Contacts opened while an earlier one of the same customer "
+            "had no personal response yet.",
+            labels=["channel", "queue"],
+        )
+        for (ch, q), n in sorted(snap["repeats"].items()):
+            repeats.add_metric([ch, q], n)
+        yield repeats
+
+        up = GaugeMetricFamily("sla_source_up", "1 if the last poll succeeded.", labels=["source"])
+        last = GaugeMetricFamily(
+            "sla_source_last_success_timestamp_seconds",
+            "When the last poll succeeded.",
+            labels=["source"],
+        )
+        lag = GaugeMetricFamily(
+            "sla_source_watermark_lag_seconds",
+            "How far behind now the source has been read completely.",
+            labels=["source"],
+        )
+        duration = GaugeMetricFamily(
+            "sla_source_poll_duration_seconds", "Duration of the last poll.", labels=["source"]
+        )
+        now = snap["now"]
+        for name, h in sorted(snap["sources"].items()):
+            up.add_metric([name], 1.0 if h.up else 0.0)
+            if h.last_success is not None:
+                last.add_metric([name], h.last_success.timestamp())
+            if h.watermark is not None:
+                lag.add_metric([name], max((now - h.watermark).total_seconds(), 0.0))
+            if h.last_duration is not None:
+                duration.add_metric([name], h.last_duration)
+        yield from (up, last, lag, duration)
+
+        polls = CounterMetricFamily(
+            "sla_source_polls", "Polls by result.", labels=["source", "result"]
+        )
+        for (s, r), n in sorted(snap["polls"].items()):
+            polls.add_metric([s, r], n)
+        yield polls
+
+        ingested = CounterMetricFamily(
+            "sla_events_ingested",
+            "New events stored (duplicates excluded).",
+            labels=["source", "kind"],
+        )
+        for (s, k), n in sorted(snap["ingested"].items()):
+            ingested.add_metric([s, k], n)
+        yield ingested
+
+        rejected = CounterMetricFamily(
+            "sla_events_rejected", "Items set aside as malformed.", labels=["source", "reason"]
+        )
+        for (s, r), n in sorted(snap["rejected"].items()):
+            rejected.add_metric([s, r], n)
+        yield rejected
+
+        delay = HistogramMetricFamily(
+            "sla_breach_detection_delay_seconds",
+            "From the moment a breach was knowable to the moment the monitor published it.",
+        )
+        buckets, total = snap["delay"]
+        delay.add_metric([], buckets, total)
+        yield delay
+
+        info = GaugeMetricFamily("sla_build_info", "Build information.", labels=["version"])
+        info.add_metric([__version__], 1.0)
+        yield info

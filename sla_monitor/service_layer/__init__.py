@@ -1,0 +1,1 @@
+"""Use cases: ingest a poll, wake at deadlines, replay, report."""

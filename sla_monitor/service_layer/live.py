@@ -1,0 +1,153 @@
+"""Live aggregates behind /metrics, kept up to date as targets change.
+
+Counters mirror the store's rows (so they survive restarts); gauges count open targets per
+label set. A scrape reads these aggregates only: its cost grows with the number of label
+combinations, never with the number of open contacts.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+
+DEFAULT_BUCKETS = (
+    1,
+    2,
+    5,
+    10,
+    15,
+    20,
+    30,
+    45,
+    60,
+    120,
+    300,
+    600,
+    900,
+    1800,
+    3600,
+    7200,
+    14400,
+    28800,
+    43200,
+    86400,
+    172800,
+    604800,
+)
+
+TargetKey = tuple[str, str, str, int]  # source, conversation id, target, seq
+
+
+@dataclass
+class Histogram:
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)  # per bucket (not cumulative); +Inf last
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+
+    def add(self, value: float, n: int = 1) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += n
+        self.total += value * n
+        self.count += n
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out, running = [], 0
+        for bound, c in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += c
+            out.append(("+Inf" if bound == float("inf") else _fmt(bound), float(running)))
+        return out
+
+
+def _fmt(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(v)
+
+
+@dataclass(frozen=True)
+class OpenTarget:
+    channel: str
+    queue: str
+    target: str
+    state: str
+    started_us: int
+
+
+@dataclass
+class SourceHealth:
+    name: str
+    kind: str
+    up: bool = False
+    last_success: datetime | None = None
+    watermark: datetime | None = None
+    last_duration: float | None = None
+    last_error: str | None = None
+    previous_watermark: datetime | None = None
+    watermark_advanced_at: datetime | None = None
+    consecutive_failures: int = 0
+
+
+class LiveState:
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.open: dict[TargetKey, OpenTarget] = {}
+        self.open_counts: Counter[tuple[str, str, str, str]] = Counter()
+        self._oldest: dict[tuple[str, str, str], list[tuple[int, TargetKey]]] = {}
+        self.outcomes: Counter[tuple[str, ...]] = Counter()
+        self.opened: Counter[tuple[str, ...]] = Counter()
+        self.repeats: Counter[tuple[str, ...]] = Counter()
+        self.responses: dict[tuple[str, str, str], Histogram] = {}
+        self.ingested: Counter[tuple[str, ...]] = Counter()
+        self.rejected: Counter[tuple[str, ...]] = Counter()
+        self.polls: Counter[tuple[str, ...]] = Counter()
+        self.sources: dict[str, SourceHealth] = {}
+        self.detection_delay = Histogram(
+            (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+        )
+        self.series: set[tuple[str, str]] = set()  # (channel, queue) pairs to export zeros for
+
+    def response(self, channel: str, queue: str, target: str, value: float, n: int = 1) -> None:
+        key = (channel, queue, target)
+        hist = self.responses.get(key)
+        if hist is None:
+            hist = self.responses[key] = Histogram(self.buckets)
+        hist.add(value, n)
+
+    def set_open(self, key: TargetKey, target: OpenTarget | None) -> None:
+        old = self.open.pop(key, None)
+        if old is not None:
+            self.open_counts[(old.channel, old.queue, old.target, old.state)] -= 1
+        if target is None:
+            return
+        self.open[key] = target
+        self.open_counts[(target.channel, target.queue, target.target, target.state)] += 1
+        if (
+            old is None
+            or old.started_us != target.started_us
+            or old.channel != target.channel
+            or old.queue != target.queue
+        ):
+            heap = self._oldest.setdefault((target.channel, target.queue, target.target), [])
+            heapq.heappush(heap, (target.started_us, key))
+
+    def oldest(self) -> dict[tuple[str, str, str], int]:
+        """Start of the longest-waiting open target per label set (amortized O(1) per scrape)."""
+        out = {}
+        for labels, heap in self._oldest.items():
+            while heap:
+                started, key = heap[0]
+                t = self.open.get(key)
+                if (
+                    t is not None
+                    and t.started_us == started
+                    and (t.channel, t.queue, t.target) == labels
+                ):
+                    out[labels] = started
+                    break
+                heapq.heappop(heap)  # stale: that target closed or moved
+        return out

@@ -1,0 +1,232 @@
+"""Replay and report: recompute outcomes from stored events, deterministically."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sla_monitor.adapters.store import NO_PRIORITY, Store
+from sla_monitor.config import Config
+from sla_monitor.domain.engine import (
+    ContactEvaluation,
+    ContactSummary,
+    Outcome,
+    evaluate_contact,
+    find_repeats,
+)
+from sla_monitor.domain.events import ContactKey
+from sla_monitor.domain.timeutil import from_micros, iso, to_micros
+
+Progress = Callable[[int, int], None]  # (contacts done, events done)
+
+
+def _evaluations(
+    store: Store, config: Config, as_of: datetime, progress: Progress | None
+) -> Iterator[ContactEvaluation]:
+    with store.engine.connect() as conn:
+        watermarks = {n: s.watermark for n, s in store.load_sources(conn).items()}
+        contacts = events = 0
+        last = time.monotonic()
+        for evs in store.iter_contacts(conn, until_us=to_micros(as_of)):
+            wm = watermarks.get(evs[0].source) or as_of
+            yield evaluate_contact(evs, config.policy, as_of, min(wm, as_of))
+            contacts += 1
+            events += len(evs)
+            if progress is not None and time.monotonic() - last >= 1.0:
+                progress(contacts, events)
+                last = time.monotonic()
+        if progress is not None:
+            progress(contacts, events)
+
+
+def _summary(ev: ContactEvaluation) -> ContactSummary:
+    return ContactSummary(ev.key, ev.attributes.customer_id, ev.opened_at, ev.first_response_at)
+
+
+@dataclass
+class ReplaySummary:
+    contacts: int
+    targets: int
+    repeats: int
+
+
+def replay(
+    store: Store, config: Config, as_of: datetime, progress: Progress | None = None
+) -> ReplaySummary:
+    """Recompute every contact's targets from stored events and rewrite the state tables."""
+    summaries: list[ContactSummary] = []
+    batch: list[ContactEvaluation] = []
+    targets = 0
+    with store.begin() as conn:
+        store.clear_state(conn)
+        for ev in _evaluations(store, config, as_of, progress):
+            batch.append(ev)
+            summaries.append(_summary(ev))
+            targets += len(ev.targets)
+            if len(batch) >= 2000:
+                store.save_evaluations(conn, batch, replace=False)
+                batch.clear()
+        store.save_evaluations(conn, batch, replace=False)
+        links = find_repeats(summaries, config.policy.repeat_window)
+        for key, link in links.items():
+            store.set_repeat(conn, key, link)
+    return ReplaySummary(len(summaries), targets, len(links))
+
+
+def _percentile(sorted_values: list[float], p: float) -> float:
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))  # nearest-rank
+    return sorted_values[rank - 1]
+
+
+SERVICE_LEVEL_DENOMINATORS = {
+    "late_abandons": ("met", "breached"),
+    "all_abandons": ("met", "breached", "abandoned"),
+    "all_abandons_and_short": ("met", "breached", "abandoned", "abandoned_short"),
+}
+
+
+def report(
+    store: Store,
+    config: Config,
+    as_of: datetime,
+    start: datetime | None,
+    end: datetime | None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Compliance per channel, queue and target for targets started in [start, end)."""
+    s_us = to_micros(start) if start else None
+    e_us = to_micros(end) if end else None
+
+    def in_period(t: datetime | None) -> bool:
+        if t is None:
+            return False
+        us = to_micros(t)
+        return (s_us is None or us >= s_us) and (e_us is None or us < e_us)
+
+    outcomes: dict[tuple[str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    responses: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    opened: dict[tuple[str, str], int] = defaultdict(int)
+    labels: dict[ContactKey, tuple[str, str]] = {}
+    summaries: list[ContactSummary] = []
+    for ev in _evaluations(store, config, as_of, progress):
+        a = ev.attributes
+        ch, q = a.channel.value, a.queue
+        summaries.append(_summary(ev))
+        labels[ev.key] = (ch, q)
+        if in_period(ev.opened_at):
+            opened[(ch, q)] += 1
+        for t in ev.targets:
+            if not in_period(t.started_at):
+                continue
+            key = (ch, q, t.target.value)
+            outcomes[key][t.outcome.value if t.outcome else f"open_{t.state.value}"] += 1
+            if t.response_seconds is not None:
+                responses[key].append(t.response_seconds)
+    repeats: dict[tuple[str, str], int] = defaultdict(int)
+    links = find_repeats(summaries, config.policy.repeat_window)
+    by_key = {s.key: s for s in summaries}
+    repeat_list = []
+    for ckey, link in sorted(links.items()):
+        if in_period(by_key[ckey].opened_at):
+            repeats[labels[ckey]] += 1
+            repeat_list.append(
+                {"contact": f"{ckey[0]}:{ckey[1]}", "repeat_of": f"{link[0]}:{link[1]}"}
+            )
+    rows = []
+    for (ch, q, tg), counts in sorted(outcomes.items()):
+        met, breached = counts.get("met", 0), counts.get("breached", 0)
+        row: dict[str, Any] = {
+            "channel": ch,
+            "queue": q,
+            "target": tg,
+            **{o.value: counts.get(o.value, 0) for o in Outcome},
+            "open": sum(v for k, v in counts.items() if k.startswith("open_")),
+            "compliance": round(met / (met + breached), 4) if met + breached else None,
+        }
+        values = sorted(responses.get((ch, q, tg), []))
+        row["response_seconds"] = (
+            {f"p{p}": round(_percentile(values, p), 3) for p in (50, 90, 99)}
+            | {"max": round(values[-1], 3), "count": len(values)}
+            if values
+            else None
+        )
+        rows.append(row)
+    service_level = []
+    denominator = SERVICE_LEVEL_DENOMINATORS[config.service_level_formula]
+    for row in rows:
+        if row["target"] == "answer":
+            total = sum(row[k] for k in denominator)
+            service_level.append(
+                {
+                    "channel": row["channel"],
+                    "queue": row["queue"],
+                    "value": round(row["met"] / total, 4) if total else None,
+                    "formula": config.service_level_formula,
+                }
+            )
+    contacts = [
+        {"channel": ch, "queue": q, "opened": n, "repeat_contacts": repeats.get((ch, q), 0)}
+        for (ch, q), n in sorted(opened.items())
+    ]
+    return {
+        "as_of": iso(as_of),
+        "from": iso(start) if start else None,
+        "to": iso(end) if end else None,
+        "targets": rows,
+        "contacts": contacts,
+        "repeat_contacts": repeat_list,
+        "service_level": service_level,
+    }
+
+
+def explain(
+    store: Store, config: Config, key: ContactKey, as_of: datetime
+) -> dict[str, Any] | None:
+    with store.begin() as conn:
+        events = store.events_for(conn, [key]).get(key)
+        if not events:
+            return None
+        state = store.load_sources(conn).get(key[0])
+        link = store.repeat_links(conn, [key]).get(key)
+    wm = state.watermark if state and state.watermark else from_micros(0)
+    ev = evaluate_contact(events, config.policy, as_of, min(wm, as_of))
+    a = ev.attributes
+    return {
+        "contact": f"{key[0]}:{key[1]}",
+        "channel": a.channel.value,
+        "queue": a.queue,
+        "priority": a.priority or NO_PRIORITY,
+        "tier": a.tier,
+        "tags": sorted(a.tags),
+        "customer": a.customer_id,
+        "rule": ev.rule,
+        "status": ev.status.value,
+        "as_of": iso(as_of),
+        "source_watermark": iso(wm),
+        "repeat_of": f"{link[0]}:{link[1]}" if link else None,
+        "events": [e.to_dict() for e in sorted(events, key=lambda e: e.sort_key())],
+        "targets": [
+            {
+                "target": t.target.value,
+                "seq": t.seq,
+                "clock": t.clock,
+                "within": t.within.total_seconds(),
+                "started_at": iso(t.started_at),
+                "deadline": iso(t.deadline) if t.deadline else None,
+                "warn_at": iso(t.warn_at) if t.warn_at else None,
+                "state": t.state.value,
+                "outcome": t.outcome.value if t.outcome else None,
+                "ended_at": iso(t.ended_at) if t.ended_at else None,
+                "response_seconds": t.response_seconds,
+                "remaining_seconds": t.remaining.total_seconds()
+                if t.remaining is not None
+                else None,
+            }
+            for t in ev.targets
+        ],
+    }

@@ -1,0 +1,75 @@
+"""Connectors. Adding one: a module here with an options model and a factory, plus one
+`register(...)` line below."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from sla_monitor.sources.abc import Source, SourceContext, SourceFactory, SourceOptions
+
+if TYPE_CHECKING:
+    from sla_monitor.config import SourceConfig
+
+
+@dataclass(frozen=True)
+class Connector:
+    kind: str
+    options: type[SourceOptions]
+    factory: SourceFactory
+
+
+REGISTRY: dict[str, Connector] = {}
+
+
+def register(kind: str, options: type[SourceOptions], factory: SourceFactory) -> None:
+    REGISTRY[kind] = Connector(kind, options, factory)
+
+
+def validate_source_config(cfg: SourceConfig) -> list[tuple[tuple[int | str, ...], str]]:
+    """Problems in one source's config, each as (key path under the source, message)."""
+    connector = REGISTRY.get(cfg.kind)
+    if connector is None:
+        return [
+            (("kind",), f"unknown source kind {cfg.kind!r} (known: {', '.join(sorted(REGISTRY))})")
+        ]
+    try:
+        connector.options.model_validate(cfg.options)
+    except ValidationError as exc:
+        out: list[tuple[tuple[int | str, ...], str]] = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown option"
+            elif err["type"] == "missing":
+                msg = "required option is missing"
+            out.append((("options", *err["loc"]), msg))
+        return out
+    return []
+
+
+def build_source(cfg: SourceConfig) -> Source:
+    connector = REGISTRY[cfg.kind]
+    options = connector.options.model_validate(cfg.options)
+    return connector.factory(SourceContext(cfg.name, cfg.channel, tuple(cfg.queues)), options)
+
+
+def _register_builtin() -> None:
+    from sla_monitor.sources import demo, jsonl
+
+    register("jsonl", jsonl.JsonlOptions, jsonl.JsonlSource)
+    register("demo", demo.DemoOptions, demo.DemoSource)
+
+
+_register_builtin()
+
+__all__ = [
+    "REGISTRY",
+    "Source",
+    "SourceContext",
+    "build_source",
+    "register",
+    "validate_source_config",
+]

@@ -1,0 +1,61 @@
+"""The source protocol: what every connector implements.
+
+A source is polled with the cursor it returned last time (persisted by the runtime in the
+same transaction as the events it covers) and returns new events, rejected items, its next
+cursor, and an honest watermark: the instant up to which it has seen everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from sla_monitor.domain.events import Channel, Event
+
+
+class SourceOptions(BaseModel):
+    """Base for each connector's `options:`; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An item a source could not turn into an event: counted and set aside, never fatal."""
+
+    reason: str  # short label, used in sla_events_rejected_total{reason}
+    detail: str  # what was wrong, and where (file:line, page, item id)
+    payload: str  # the raw item, kept for inspection
+
+
+@dataclass
+class PollResult:
+    events: list[Event] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    cursor: str | None = None
+    watermark: datetime | None = None
+    more: bool = False  # more is ready right away: poll again without waiting
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    name: str
+    channel: Channel | None
+    queues: tuple[str, ...]
+
+
+class Source(Protocol):
+    name: str
+
+    def poll(self, cursor: str | None, now: datetime) -> PollResult:
+        """Read what is new since `cursor`. `now` is the monitor's clock."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SourceFactory(Protocol):
+    def __call__(self, ctx: SourceContext, options: Any) -> Source: ...
