@@ -141,6 +141,12 @@ def event_from_dict(raw: Mapping[str, Any], source: str | None = None) -> Event:
     unknown = sorted(set(raw) - _KNOWN)
     if unknown:
         raise EventError("unknown_field", f"unknown field(s): {', '.join(unknown)}")
+    missing = [f for f in _REQUIRED if raw.get(f) in (None, "")]
+    if source is None and raw.get("source") in (None, ""):
+        missing.insert(0, "source")
+    if missing:
+        plural = "s" if len(missing) > 1 else ""
+        raise EventError("missing_field", f"missing required field{plural}: {', '.join(missing)}")
     src = source or _text(raw, "source", True)
     assert src is not None
     if source is not None and raw.get("source") not in (None, source):
