@@ -60,13 +60,19 @@ class PostgresServer:
     def start(self) -> None:
         data = self.tmp / "data"
         self._run(self.bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
-        opts = (f"-p {self.port} -k {self.tmp} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off")
-        self._run(self.bindir / "pg_ctl", "-D", data, "-o", opts, "-l", self.tmp / "log", "-w", "start")
+        opts = (
+            f"-p {self.port} -k {self.tmp} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off"
+        )
+        self._run(
+            self.bindir / "pg_ctl", "-D", data, "-o", opts, "-l", self.tmp / "log", "-w", "start"
+        )
 
     def stop(self) -> None:
         try:
-            self._run(self.bindir / "pg_ctl", "-D", self.tmp / "data", "-m", "immediate", "-w", "stop")
+            self._run(
+                self.bindir / "pg_ctl", "-D", self.tmp / "data", "-m", "immediate", "-w", "stop"
+            )
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -74,8 +80,9 @@ class PostgresServer:
         import psycopg
 
         name = f"t{os.getpid()}_{next(self._counter)}"
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True
+        ) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
 

@@ -18,14 +18,27 @@ def at(**kw: float) -> datetime:
 
 
 def ev(
-    kind: str, when: datetime, conv: str = "c1", channel: str = "email", queue: str = "billing",
-    source: str = "s", customer: str | None = "cust-1", **kw: Any,
+    kind: str,
+    when: datetime,
+    conv: str = "c1",
+    channel: str = "email",
+    queue: str = "billing",
+    source: str = "s",
+    customer: str | None = "cust-1",
+    **kw: Any,
 ) -> Event:
     status = kw.pop("status", None)
     return Event(
-        source=source, event_id=kw.pop("event_id", f"e{next(_ids)}"), conversation_id=conv,
-        kind=EventKind(kind), occurred_at=when, channel=Channel(channel), queue=queue,
-        customer_id=customer, status=Status(status) if status else None, **kw,
+        source=source,
+        event_id=kw.pop("event_id", f"e{next(_ids)}"),
+        conversation_id=conv,
+        kind=EventKind(kind),
+        occurred_at=when,
+        channel=Channel(channel),
+        queue=queue,
+        customer_id=customer,
+        status=Status(status) if status else None,
+        **kw,
     )
 
 

@@ -38,7 +38,9 @@ class TestDst:
             ("Europe/London", date(2026, 6, 1), 24),
         ],
     )
-    def test_a_whole_day_lasts_as_long_as_the_wall_clock_says(self, tz: str, day: date, hours: int) -> None:
+    def test_a_whole_day_lasts_as_long_as_the_wall_clock_says(
+        self, tz: str, day: date, hours: int
+    ) -> None:
         cal = BusinessCalendar("c", tz, ALL_DAY)
         start = datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(tz))
         end = start.replace(day=day.day + 1)
@@ -46,7 +48,11 @@ class TestDst:
         assert cal.add(start, timedelta(hours=hours)) == end.astimezone(UTC)
 
     def test_overnight_shift_across_spring_forward_in_los_angeles(self) -> None:
-        cal = BusinessCalendar("night", "America/Los_Angeles", {d: [DailyHours(22 * H, 6 * H + 86400)] for d in range(7)})
+        cal = BusinessCalendar(
+            "night",
+            "America/Los_Angeles",
+            {d: [DailyHours(22 * H, 6 * H + 86400)] for d in range(7)},
+        )
         # Sat 22:00 PST -> Sun 06:00 PDT is 7 real hours (02:00-03:00 does not exist)
         start = datetime(2026, 3, 7, 21, tzinfo=LA)
         end = datetime(2026, 3, 8, 12, tzinfo=LA)
@@ -56,9 +62,13 @@ class TestDst:
         assert not cal.is_open(z("2026-03-08T14:00:00Z"))  # 07:00 PDT
 
     def test_overnight_shift_across_fall_back_in_london(self) -> None:
-        cal = BusinessCalendar("night", "Europe/London", {d: [DailyHours(22 * H, 6 * H + 86400)] for d in range(7)})
+        cal = BusinessCalendar(
+            "night", "Europe/London", {d: [DailyHours(22 * H, 6 * H + 86400)] for d in range(7)}
+        )
         # Sat 24 Oct 22:00 BST (21:00Z) -> Sun 06:00 GMT (06:00Z): 9 real hours
-        assert cal.between(z("2026-10-24T12:00:00Z"), z("2026-10-25T12:00:00Z")) == timedelta(hours=9)
+        assert cal.between(z("2026-10-24T12:00:00Z"), z("2026-10-25T12:00:00Z")) == timedelta(
+            hours=9
+        )
 
     def test_deadline_over_a_weekend_when_london_springs_forward(self) -> None:
         cal = BusinessCalendar("uk", "Europe/London", weekdays(9, 17))
@@ -71,16 +81,22 @@ class TestDst:
         assert cal.add(z("2026-10-30T23:00:00Z"), timedelta(hours=2)) == z("2026-11-02T18:00:00Z")
 
     def test_the_example_in_the_readme(self) -> None:
-        cal = BusinessCalendar("support-hours", "Europe/London",
-                               {**weekdays(8, 18), 5: [DailyHours(10 * H, 14 * H)]},
-                               holiday_country="GB", holiday_subdivision="ENG")
+        cal = BusinessCalendar(
+            "support-hours",
+            "Europe/London",
+            {**weekdays(8, 18), 5: [DailyHours(10 * H, 14 * H)]},
+            holiday_country="GB",
+            holiday_subdivision="ENG",
+        )
         # Fri 17:00 GMT: 1h Fri + 4h Sat + 10h Mon (BST) + 4h Tue -> Tue 12:00 BST
         assert cal.add(z("2026-03-27T17:00:00Z"), timedelta(hours=19)) == z("2026-03-31T11:00:00Z")
 
 
 class TestHolidays:
     def test_country_holidays_england_christmas(self) -> None:
-        cal = BusinessCalendar("uk", "Europe/London", weekdays(9, 17), holiday_country="GB", holiday_subdivision="ENG")
+        cal = BusinessCalendar(
+            "uk", "Europe/London", weekdays(9, 17), holiday_country="GB", holiday_subdivision="ENG"
+        )
         # Thu 24 Dec 16:00 + 2h: 1h Thu; Fri 25 Christmas; weekend; Mon 28 Boxing Day (observed)
         assert cal.add(z("2026-12-24T16:00:00Z"), timedelta(hours=2)) == z("2026-12-29T10:00:00Z")
         assert cal.is_holiday(date(2026, 12, 28))
@@ -100,34 +116,56 @@ class TestHolidays:
 
 class TestBreaksAndShifts:
     def test_break_removes_open_time(self) -> None:
-        cal = BusinessCalendar("c", "UTC", weekdays(9, 17),
-                               breaks=[(z("2026-11-02T12:00:00Z"), z("2026-11-02T14:00:00Z"))])
-        assert cal.between(z("2026-11-02T09:00:00Z"), z("2026-11-02T17:00:00Z")) == timedelta(hours=6)
+        cal = BusinessCalendar(
+            "c",
+            "UTC",
+            weekdays(9, 17),
+            breaks=[(z("2026-11-02T12:00:00Z"), z("2026-11-02T14:00:00Z"))],
+        )
+        assert cal.between(z("2026-11-02T09:00:00Z"), z("2026-11-02T17:00:00Z")) == timedelta(
+            hours=6
+        )
         assert cal.add(z("2026-11-02T11:00:00Z"), timedelta(hours=2)) == z("2026-11-02T15:00:00Z")
 
     def test_extra_shift_adds_open_time(self) -> None:
-        cal = BusinessCalendar("c", "UTC", weekdays(9, 17),
-                               extra_shifts=[(z("2026-11-07T10:00:00Z"), z("2026-11-07T12:00:00Z"))])
+        cal = BusinessCalendar(
+            "c",
+            "UTC",
+            weekdays(9, 17),
+            extra_shifts=[(z("2026-11-07T10:00:00Z"), z("2026-11-07T12:00:00Z"))],
+        )
         # Fri 16:00 + 2h: 1h Friday, 1h in Saturday's extra shift
         assert cal.add(z("2026-11-06T16:00:00Z"), timedelta(hours=2)) == z("2026-11-07T11:00:00Z")
 
     def test_several_intervals_a_day(self) -> None:
-        cal = BusinessCalendar("c", "UTC", {d: [DailyHours(9 * H, 12 * H), DailyHours(13 * H, 17 * H)] for d in range(5)})
+        cal = BusinessCalendar(
+            "c",
+            "UTC",
+            {d: [DailyHours(9 * H, 12 * H), DailyHours(13 * H, 17 * H)] for d in range(5)},
+        )
         assert cal.add(z("2026-11-02T11:00:00Z"), timedelta(hours=2)) == z("2026-11-02T14:00:00Z")
         assert not cal.is_open(z("2026-11-02T12:30:00Z"))
 
     def test_start_in_closed_time_counts_from_the_next_opening(self) -> None:
         cal = BusinessCalendar("c", "UTC", weekdays(9, 17))
-        assert cal.add(z("2026-11-07T08:00:00Z"), timedelta(minutes=30)) == z("2026-11-09T09:30:00Z")
+        assert cal.add(z("2026-11-07T08:00:00Z"), timedelta(minutes=30)) == z(
+            "2026-11-09T09:30:00Z"
+        )
 
     def test_calendar_without_hours_is_rejected(self) -> None:
         with pytest.raises(CalendarError, match="no open hours"):
             BusinessCalendar("c", "UTC", {})
 
 
-_CAL = BusinessCalendar("p", "Europe/London", {**weekdays(9, 17), 5: [DailyHours(22 * H, 2 * H + 86400)]},
-                        holiday_country="GB")
-_instants = st.datetimes(datetime(2025, 1, 1), datetime(2027, 12, 31)).map(lambda d: d.replace(tzinfo=UTC))
+_CAL = BusinessCalendar(
+    "p",
+    "Europe/London",
+    {**weekdays(9, 17), 5: [DailyHours(22 * H, 2 * H + 86400)]},
+    holiday_country="GB",
+)
+_instants = st.datetimes(datetime(2025, 1, 1), datetime(2027, 12, 31)).map(
+    lambda d: d.replace(tzinfo=UTC)
+)
 
 
 @settings(max_examples=150, deadline=None)

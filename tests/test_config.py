@@ -41,15 +41,26 @@ def test_check_config_accepts_the_shipped_config(capsys: pytest.CaptureFixture[s
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        ("first_reply: {within: 1h, warn_before: 15m}", "first_reply: {within: 1x}",
-         "policy.rules[2].targets.first_reply.within: not a duration: '1x'"),
-        ("auto_ack: {within: 2m}", "auto_ack: {within: 2m, colour: red}",
-         "policy.rules[2].targets.auto_ack.colour: unknown key"),
-        ("timezone: Europe/London", "timezone: Europe/Londn",
-         "calendars.support-hours.timezone: unknown IANA time zone 'Europe/Londn'"),
-        ("clock: {business: support-hours}, warn_before: 0.25}\n        # keep",
-         "clock: {business: after-hours}, warn_before: 0.25}\n        # keep",
-         "policy.rules[2].targets.next_reply.clock.business: unknown calendar 'after-hours'"),
+        (
+            "first_reply: {within: 1h, warn_before: 15m}",
+            "first_reply: {within: 1x}",
+            "policy.rules[2].targets.first_reply.within: not a duration: '1x'",
+        ),
+        (
+            "auto_ack: {within: 2m}",
+            "auto_ack: {within: 2m, colour: red}",
+            "policy.rules[2].targets.auto_ack.colour: unknown key",
+        ),
+        (
+            "timezone: Europe/London",
+            "timezone: Europe/Londn",
+            "calendars.support-hours.timezone: unknown IANA time zone 'Europe/Londn'",
+        ),
+        (
+            "clock: {business: support-hours}, warn_before: 0.25}\n        # keep",
+            "clock: {business: after-hours}, warn_before: 0.25}\n        # keep",
+            "policy.rules[2].targets.next_reply.clock.business: unknown calendar 'after-hours'",
+        ),
         ("kind: demo ", "kind: dmeo ", "sources[0].kind: unknown source kind 'dmeo'"),
         ("seed: 42", "seed: 42\n      sped: 60", "sources[0].options.sped: unknown option"),
         ("match: {channel: phone}", "match: {channel: fax}", "policy.rules[0].match.channel[0]"),
@@ -68,7 +79,9 @@ def test_errors_name_the_bad_key(
 
 
 def test_error_carries_the_line_number(tmp_path: Path) -> None:
-    text = GOOD.replace("first_reply: {within: 1h, warn_before: 15m}", "first_reply: {within: soon}")
+    text = GOOD.replace(
+        "first_reply: {within: 1h, warn_before: 15m}", "first_reply: {within: soon}"
+    )
     line = next(i for i, s in enumerate(text.splitlines(), 1) if "within: soon" in s)
     with pytest.raises(ConfigError) as exc:
         load_config(write(tmp_path, text))
@@ -84,7 +97,9 @@ def test_missing_policy_and_bad_yaml(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.yaml")
 
 
-def test_secret_database_url_comes_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secret_database_url_comes_from_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     text = GOOD.replace("url: sqlite:///sla-monitor.db", "url_env: TEST_SLA_DB")
     cfg = load_config(write(tmp_path, text))
     monkeypatch.setenv("TEST_SLA_DB", "sqlite:///from-env.db")

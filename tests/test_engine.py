@@ -31,8 +31,13 @@ def targets(events, pol=None, as_of=FAR, watermark=None):  # type: ignore[no-unt
 
 class TestEmailAcknowledgement:
     def test_auto_reply_in_30s_then_personal_reply_at_50min_meets_both(self) -> None:
-        ts = targets([ev("customer_message", T0), ev("auto_reply", at(seconds=30)),
-                      ev("agent_reply", at(minutes=50))])
+        ts = targets(
+            [
+                ev("customer_message", T0),
+                ev("auto_reply", at(seconds=30)),
+                ev("agent_reply", at(minutes=50)),
+            ]
+        )
         assert ts[("auto_ack", 0)].outcome is Outcome.MET
         assert ts[("auto_ack", 0)].response_seconds == 30
         assert ts[("first_reply", 0)].outcome is Outcome.MET
@@ -46,8 +51,9 @@ class TestEmailAcknowledgement:
         assert fr.decided_at == at(hours=1)
 
     def test_an_auto_reply_does_not_fulfil_first_reply(self) -> None:
-        ts = targets([ev("customer_message", T0), ev("auto_reply", at(seconds=5))],
-                     as_of=at(minutes=30))
+        ts = targets(
+            [ev("customer_message", T0), ev("auto_reply", at(seconds=5))], as_of=at(minutes=30)
+        )
         assert ts[("first_reply", 0)].state is TargetState.ON_TRACK
         assert ts[("auto_ack", 0)].state is TargetState.MET
 
@@ -68,82 +74,117 @@ class TestEmailAcknowledgement:
 
     def test_warning_point_makes_target_at_risk(self) -> None:
         events = [ev("customer_message", T0), ev("auto_reply", at(seconds=1))]
-        assert targets(events, as_of=at(minutes=44))[("first_reply", 0)].state is TargetState.ON_TRACK
-        assert targets(events, as_of=at(minutes=45))[("first_reply", 0)].state is TargetState.AT_RISK
+        assert (
+            targets(events, as_of=at(minutes=44))[("first_reply", 0)].state is TargetState.ON_TRACK
+        )
+        assert (
+            targets(events, as_of=at(minutes=45))[("first_reply", 0)].state is TargetState.AT_RISK
+        )
 
     def test_a_second_customer_message_before_any_reply_starts_no_new_clock(self) -> None:
-        ts = targets([ev("customer_message", T0), ev("customer_message", at(minutes=10)),
-                      ev("agent_reply", at(minutes=20))])
+        ts = targets(
+            [
+                ev("customer_message", T0),
+                ev("customer_message", at(minutes=10)),
+                ev("agent_reply", at(minutes=20)),
+            ]
+        )
         assert set(ts) == {("auto_ack", 0), ("first_reply", 0)}
 
 
 class TestPauses:
     def test_reply_during_pending_is_not_late(self) -> None:
-        ts = targets([
-            ev("customer_message", T0),
-            ev("status_changed", at(minutes=10), status="pending"),
-            ev("agent_reply", at(minutes=90)),
-        ])
+        ts = targets(
+            [
+                ev("customer_message", T0),
+                ev("status_changed", at(minutes=10), status="pending"),
+                ev("agent_reply", at(minutes=90)),
+            ]
+        )
         fr = ts[("first_reply", 0)]
         assert fr.outcome is Outcome.MET
         assert fr.response_seconds == 600  # only the 10 unpaused minutes count
 
     def test_pause_moves_the_deadline_by_the_paused_time(self) -> None:
-        ts = targets([
-            ev("customer_message", T0),
-            ev("status_changed", at(minutes=10), status="on_hold"),
-            ev("status_changed", at(minutes=40), status="open"),
-        ], as_of=at(minutes=50))
+        ts = targets(
+            [
+                ev("customer_message", T0),
+                ev("status_changed", at(minutes=10), status="on_hold"),
+                ev("status_changed", at(minutes=40), status="open"),
+            ],
+            as_of=at(minutes=50),
+        )
         assert ts[("first_reply", 0)].deadline == at(minutes=90)
 
     def test_paused_target_has_no_deadline_while_paused(self) -> None:
-        ts = targets([ev("customer_message", T0), ev("status_changed", at(minutes=10), status="pending")],
-                     as_of=at(hours=5))
+        ts = targets(
+            [ev("customer_message", T0), ev("status_changed", at(minutes=10), status="pending")],
+            as_of=at(hours=5),
+        )
         fr = ts[("first_reply", 0)]
         assert fr.state is TargetState.PAUSED and fr.deadline is None
         assert fr.remaining == timedelta(minutes=50)
 
     def test_auto_ack_never_pauses(self) -> None:
-        ts = targets([ev("customer_message", T0), ev("status_changed", at(seconds=10), status="pending")],
-                     as_of=at(hours=1))
+        ts = targets(
+            [ev("customer_message", T0), ev("status_changed", at(seconds=10), status="pending")],
+            as_of=at(hours=1),
+        )
         assert ts[("auto_ack", 0)].outcome is Outcome.BREACHED
 
     def test_customer_message_ends_a_pending_pause(self) -> None:
-        ts = targets([
-            ev("customer_message", T0),
-            ev("status_changed", at(minutes=10), status="pending"),
-            ev("customer_message", at(minutes=30)),
-        ], as_of=at(minutes=35))
+        ts = targets(
+            [
+                ev("customer_message", T0),
+                ev("status_changed", at(minutes=10), status="pending"),
+                ev("customer_message", at(minutes=30)),
+            ],
+            as_of=at(minutes=35),
+        )
         assert ts[("first_reply", 0)].deadline == at(minutes=80)
 
     def test_pause_configured_per_target(self) -> None:
         email = (TargetSpec(TargetName.FIRST_REPLY, timedelta(hours=1), pause_on=frozenset()),)
-        ts = targets([ev("customer_message", T0), ev("status_changed", at(minutes=10), status="pending")],
-                     pol=policy(email=email))
+        ts = targets(
+            [ev("customer_message", T0), ev("status_changed", at(minutes=10), status="pending")],
+            pol=policy(email=email),
+        )
         assert ts[("first_reply", 0)].outcome is Outcome.BREACHED
 
 
 class TestClosing:
     def test_solved_before_the_deadline_cancels(self) -> None:
-        ts = targets([ev("customer_message", T0), ev("status_changed", at(minutes=1), status="solved")])
+        ts = targets(
+            [ev("customer_message", T0), ev("status_changed", at(minutes=1), status="solved")]
+        )
         assert ts[("first_reply", 0)].outcome is Outcome.CANCELLED
         assert ts[("auto_ack", 0)].outcome is Outcome.CANCELLED
 
     def test_solved_after_the_auto_ack_deadline_leaves_it_breached(self) -> None:
-        ts = targets([ev("customer_message", T0), ev("status_changed", at(minutes=20), status="solved")])
+        ts = targets(
+            [ev("customer_message", T0), ev("status_changed", at(minutes=20), status="solved")]
+        )
         assert ts[("auto_ack", 0)].outcome is Outcome.BREACHED
         assert ts[("first_reply", 0)].outcome is Outcome.CANCELLED
 
     def test_closed_after_the_deadline_stays_breached(self) -> None:
-        ts = targets([ev("customer_message", T0), ev("status_changed", at(hours=2), status="closed")])
+        ts = targets(
+            [ev("customer_message", T0), ev("status_changed", at(hours=2), status="closed")]
+        )
         assert ts[("first_reply", 0)].outcome is Outcome.BREACHED
 
     def test_customer_message_on_solved_contact_reopens_with_next_reply(self) -> None:
-        result = evaluate_contact([
-            ev("customer_message", T0), ev("agent_reply", at(minutes=5)),
-            ev("status_changed", at(minutes=6), status="solved"),
-            ev("customer_message", at(hours=3)),
-        ], policy(), at(hours=4), at(hours=4))
+        result = evaluate_contact(
+            [
+                ev("customer_message", T0),
+                ev("agent_reply", at(minutes=5)),
+                ev("status_changed", at(minutes=6), status="solved"),
+                ev("customer_message", at(hours=3)),
+            ],
+            policy(),
+            at(hours=4),
+            at(hours=4),
+        )
         assert result.status is Status.OPEN
         nr = {t.target: t for t in result.targets}[TargetName.NEXT_REPLY]
         assert nr.started_at == at(hours=3) and nr.state is TargetState.ON_TRACK
@@ -151,12 +192,17 @@ class TestClosing:
 
 class TestFollowUps:
     def test_each_follow_up_after_an_agent_reply_gets_a_next_reply_clock(self) -> None:
-        ts = targets([
-            ev("customer_message", T0), ev("agent_reply", at(minutes=30)),
-            ev("customer_message", at(hours=2)), ev("customer_message", at(hours=2, minutes=5)),
-            ev("agent_reply", at(hours=3)),
-            ev("customer_message", at(hours=4)), ev("agent_reply", at(hours=9)),
-        ])
+        ts = targets(
+            [
+                ev("customer_message", T0),
+                ev("agent_reply", at(minutes=30)),
+                ev("customer_message", at(hours=2)),
+                ev("customer_message", at(hours=2, minutes=5)),
+                ev("agent_reply", at(hours=3)),
+                ev("customer_message", at(hours=4)),
+                ev("agent_reply", at(hours=9)),
+            ]
+        )
         assert ts[("next_reply", 0)].outcome is Outcome.MET
         assert ts[("next_reply", 0)].started_at == at(hours=2)
         assert ts[("next_reply", 1)].outcome is Outcome.BREACHED
@@ -165,17 +211,28 @@ class TestFollowUps:
     def test_next_reply_on_business_hours(self) -> None:
         cal = BusinessCalendar("b", "UTC", {d: [DailyHours(9 * 3600, 17 * 3600)] for d in range(5)})
         email = (TargetSpec(TargetName.NEXT_REPLY, timedelta(hours=4), clock=cal),)
-        ts = targets([
-            ev("customer_message", T0), ev("agent_reply", at(minutes=5)),
-            ev("customer_message", at(hours=7)),  # 16:00 Monday
-        ], pol=policy(email=email), as_of=at(hours=8))
+        ts = targets(
+            [
+                ev("customer_message", T0),
+                ev("agent_reply", at(minutes=5)),
+                ev("customer_message", at(hours=7)),  # 16:00 Monday
+            ],
+            pol=policy(email=email),
+            as_of=at(hours=8),
+        )
         assert ts[("next_reply", 0)].deadline == at(days=1, hours=3)  # Tue 12:00
 
     def test_keep_informed_restarts_at_every_agent_reply(self) -> None:
         email = (TargetSpec(TargetName.KEEP_INFORMED, timedelta(hours=24)),)
-        ts = targets([
-            ev("customer_message", T0), ev("agent_reply", at(hours=1)), ev("agent_reply", at(hours=30)),
-        ], pol=policy(email=email), as_of=at(hours=31))
+        ts = targets(
+            [
+                ev("customer_message", T0),
+                ev("agent_reply", at(hours=1)),
+                ev("agent_reply", at(hours=30)),
+            ],
+            pol=policy(email=email),
+            as_of=at(hours=31),
+        )
         assert ts[("keep_informed", 0)].outcome is Outcome.BREACHED
         assert ts[("keep_informed", 1)].state is TargetState.ON_TRACK
 
@@ -183,30 +240,60 @@ class TestFollowUps:
 class TestPhone:
     @pytest.mark.parametrize(
         ("after", "outcome"),
-        [(3, Outcome.ABANDONED_SHORT), (5, Outcome.ABANDONED_SHORT), (12, Outcome.ABANDONED),
-         (20, Outcome.BREACHED), (40, Outcome.BREACHED)],
+        [
+            (3, Outcome.ABANDONED_SHORT),
+            (5, Outcome.ABANDONED_SHORT),
+            (12, Outcome.ABANDONED),
+            (20, Outcome.BREACHED),
+            (40, Outcome.BREACHED),
+        ],
     )
     def test_abandoned_calls(self, after: int, outcome: Outcome) -> None:
-        ts = targets([ev("call_queued", T0, channel="phone"),
-                      ev("call_abandoned", at(seconds=after), channel="phone")])
+        ts = targets(
+            [
+                ev("call_queued", T0, channel="phone"),
+                ev("call_abandoned", at(seconds=after), channel="phone"),
+            ]
+        )
         assert ts[("answer", 0)].outcome is outcome
 
     def test_answered_in_time_and_late(self) -> None:
-        ok = targets([ev("call_queued", T0, channel="phone"), ev("call_answered", at(seconds=19), channel="phone")])
-        late = targets([ev("call_queued", T0, channel="phone"), ev("call_answered", at(seconds=21), channel="phone")])
+        ok = targets(
+            [
+                ev("call_queued", T0, channel="phone"),
+                ev("call_answered", at(seconds=19), channel="phone"),
+            ]
+        )
+        late = targets(
+            [
+                ev("call_queued", T0, channel="phone"),
+                ev("call_answered", at(seconds=21), channel="phone"),
+            ]
+        )
         assert ok[("answer", 0)].outcome is Outcome.MET
         assert late[("answer", 0)].outcome is Outcome.BREACHED
         assert late[("answer", 0)].response_seconds == 21
 
     def test_callback_counts_only_when_configured(self) -> None:
-        events = [ev("call_queued", T0, channel="phone"), ev("callback_requested", at(seconds=10), channel="phone")]
+        events = [
+            ev("call_queued", T0, channel="phone"),
+            ev("callback_requested", at(seconds=10), channel="phone"),
+        ]
         assert targets(events)[("answer", 0)].outcome is Outcome.BREACHED
-        phone = (TargetSpec(TargetName.ANSWER, timedelta(seconds=20), fulfilled_by=frozenset(
-            {"call_answered", "callback_requested"})),)  # type: ignore[arg-type]
+        phone = (
+            TargetSpec(
+                TargetName.ANSWER,
+                timedelta(seconds=20),
+                fulfilled_by=frozenset({"call_answered", "callback_requested"}),
+            ),
+        )  # type: ignore[arg-type]
         assert targets(events, pol=policy(phone=phone))[("answer", 0)].outcome is Outcome.MET
 
     def test_short_abandon_is_configurable(self) -> None:
-        events = [ev("call_queued", T0, channel="phone"), ev("call_abandoned", at(seconds=8), channel="phone")]
+        events = [
+            ev("call_queued", T0, channel="phone"),
+            ev("call_abandoned", at(seconds=8), channel="phone"),
+        ]
         ts = targets(events, pol=policy(short_abandon=timedelta(seconds=10)))
         assert ts[("answer", 0)].outcome is Outcome.ABANDONED_SHORT
 
@@ -219,7 +306,9 @@ class TestWatermark:
         assert fr.outcome is None and fr.state is TargetState.AT_RISK
         assert lagging.awaiting_watermark == at(hours=1)
         caught_up = evaluate_contact(events, policy(), at(hours=2), at(hours=1))
-        assert {t.target: t for t in caught_up.targets}[TargetName.FIRST_REPLY].outcome is Outcome.BREACHED
+        assert {t.target: t for t in caught_up.targets}[
+            TargetName.FIRST_REPLY
+        ].outcome is Outcome.BREACHED
 
     def test_next_wake_is_the_next_warning_point_or_deadline(self) -> None:
         events = [ev("customer_message", T0), ev("auto_reply", at(seconds=3))]
@@ -231,22 +320,29 @@ class TestWatermark:
 
 class TestRepeats:
     def s(self, key: str, cust: str | None, opened: float, resp: float | None) -> ContactSummary:
-        return ContactSummary(("s", key), cust, at(minutes=opened),
-                              at(minutes=resp) if resp is not None else None)
+        return ContactSummary(
+            ("s", key), cust, at(minutes=opened), at(minutes=resp) if resp is not None else None
+        )
 
     def test_second_contact_before_the_first_is_answered_is_a_repeat(self) -> None:
-        links = find_repeats([self.s("a", "x", 0, 30), self.s("b", "x", 10, None)], timedelta(days=7))
+        links = find_repeats(
+            [self.s("a", "x", 0, 30), self.s("b", "x", 10, None)], timedelta(days=7)
+        )
         assert links == {("s", "b"): ("s", "a")}
 
     def test_no_repeat_once_answered_or_outside_the_window_or_other_customer(self) -> None:
         w = timedelta(days=7)
         assert find_repeats([self.s("a", "x", 0, 5), self.s("b", "x", 10, None)], w) == {}
-        assert find_repeats([self.s("a", "x", 0, None), self.s("b", "x", 60 * 24 * 8, None)], w) == {}
+        assert (
+            find_repeats([self.s("a", "x", 0, None), self.s("b", "x", 60 * 24 * 8, None)], w) == {}
+        )
         assert find_repeats([self.s("a", "x", 0, None), self.s("b", "y", 10, None)], w) == {}
 
     def test_linked_to_the_first_unanswered_contact(self) -> None:
-        links = find_repeats([self.s("a", "x", 0, None), self.s("b", "x", 5, None),
-                              self.s("c", "x", 9, None)], timedelta(days=7))
+        links = find_repeats(
+            [self.s("a", "x", 0, None), self.s("b", "x", 5, None), self.s("c", "x", 9, None)],
+            timedelta(days=7),
+        )
         assert links == {("s", "b"): ("s", "a"), ("s", "c"): ("s", "a")}
 
 
@@ -283,7 +379,9 @@ def test_order_and_duplicates_do_not_change_outcomes(events, rnd, minutes) -> No
 @given(email_histories(), st.integers(0, 900), st.integers(0, 900))
 def test_decided_outcomes_never_change_as_time_passes(events, m1, m2) -> None:  # type: ignore[no-untyped-def]
     early, late = sorted((at(minutes=m1), at(minutes=m2)))
-    before = {(t.target, t.seq): t for t in evaluate_contact(events, policy(), early, early).targets}
+    before = {
+        (t.target, t.seq): t for t in evaluate_contact(events, policy(), early, early).targets
+    }
     after = {(t.target, t.seq): t for t in evaluate_contact(events, policy(), late, late).targets}
     for key, t in before.items():
         if t.outcome is not None:

@@ -24,8 +24,22 @@ def make_monitor(store: Store, config: Config, now: object = None) -> Monitor:
 
 def email_contact(conv: str, customer: str = "cust-1") -> list:  # type: ignore[type-arg]
     return [
-        ev("customer_message", T0, conv=conv, customer=customer, event_id=f"{conv}-1", source="desk"),
-        ev("auto_reply", at(seconds=20), conv=conv, customer=customer, event_id=f"{conv}-2", source="desk"),
+        ev(
+            "customer_message",
+            T0,
+            conv=conv,
+            customer=customer,
+            event_id=f"{conv}-1",
+            source="desk",
+        ),
+        ev(
+            "auto_reply",
+            at(seconds=20),
+            conv=conv,
+            customer=customer,
+            event_id=f"{conv}-2",
+            source="desk",
+        ),
     ]
 
 
@@ -39,8 +53,12 @@ def test_migrations_are_idempotent(store: Store) -> None:
 def test_duplicate_events_are_stored_once(store: Store, shipped_config: Config) -> None:
     m = make_monitor(store, shipped_config)
     events = email_contact("A")
-    first = m.apply_poll("desk", "jsonl", PollResult(events, cursor="1", watermark=at(hours=2)), 0.0)
-    again = m.apply_poll("desk", "jsonl", PollResult(events, cursor="2", watermark=at(hours=2)), 0.0)
+    first = m.apply_poll(
+        "desk", "jsonl", PollResult(events, cursor="1", watermark=at(hours=2)), 0.0
+    )
+    again = m.apply_poll(
+        "desk", "jsonl", PollResult(events, cursor="2", watermark=at(hours=2)), 0.0
+    )
     assert (first.new, again.new) == (2, 0)
     with store.begin() as conn:
         assert store.count_events(conn) == 2
@@ -51,14 +69,18 @@ def test_cursor_is_saved_with_the_events_or_not_at_all(
     store: Store, shipped_config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     m = make_monitor(store, shipped_config)
-    m.apply_poll("desk", "jsonl", PollResult(email_contact("A"), cursor="c1", watermark=at(hours=1)), 0.0)
+    m.apply_poll(
+        "desk", "jsonl", PollResult(email_contact("A"), cursor="c1", watermark=at(hours=1)), 0.0
+    )
 
     def boom(*_a: object, **_k: object) -> None:
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(store, "save_evaluations", boom)
     with pytest.raises(RuntimeError):
-        m.apply_poll("desk", "jsonl", PollResult(email_contact("B"), cursor="c2", watermark=at(hours=2)), 0.0)
+        m.apply_poll(
+            "desk", "jsonl", PollResult(email_contact("B"), cursor="c2", watermark=at(hours=2)), 0.0
+        )
     with store.begin() as conn:
         assert store.count_events(conn) == 2  # B's events were rolled back ...
         assert store.load_sources(conn)["desk"].cursor == "c1"  # ... with the cursor
@@ -69,8 +91,14 @@ def test_restart_resumes_counters_and_open_targets_without_recompute(
     store: Store, shipped_config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     m = make_monitor(store, shipped_config, at(minutes=30))
-    m.apply_poll("desk", "jsonl", PollResult(email_contact("A") + email_contact("B", "cust-2"),
-                                             cursor="x", watermark=at(minutes=30)), 0.0)
+    m.apply_poll(
+        "desk",
+        "jsonl",
+        PollResult(
+            email_contact("A") + email_contact("B", "cust-2"), cursor="x", watermark=at(minutes=30)
+        ),
+        0.0,
+    )
     before = m.snapshot()
     assert before["open_counts"][("email", "billing", "first_reply", "on_track")] == 2
 
@@ -81,15 +109,21 @@ def test_restart_resumes_counters_and_open_targets_without_recompute(
     again = make_monitor(store, shipped_config, at(minutes=30))
     after = again.snapshot()
     for key in ("open_counts", "outcomes", "opened", "ingested", "polls", "oldest"):
-        assert {k: v for k, v in after[key].items() if v} == {k: v for k, v in before[key].items() if v}, key
+        assert {k: v for k, v in after[key].items() if v} == {
+            k: v for k, v in before[key].items() if v
+        }, key
     assert again.next_wake() == at(minutes=45)  # the first warning point
 
 
-def test_deadline_wake_breaches_only_after_the_watermark_passes(store: Store, shipped_config: Config) -> None:
+def test_deadline_wake_breaches_only_after_the_watermark_passes(
+    store: Store, shipped_config: Config
+) -> None:
     clock = FixedClock(at(minutes=30))
     m = Monitor(store, shipped_config, clock)
     m.load()
-    m.apply_poll("desk", "jsonl", PollResult(email_contact("A"), cursor="x", watermark=at(minutes=30)), 0.0)
+    m.apply_poll(
+        "desk", "jsonl", PollResult(email_contact("A"), cursor="x", watermark=at(minutes=30)), 0.0
+    )
     clock.at = at(hours=1, seconds=1)
     m.wake()
     m.wake()
@@ -104,7 +138,12 @@ def test_deadline_wake_breaches_only_after_the_watermark_passes(store: Store, sh
 def test_rejected_items_are_kept_with_their_reason(store: Store, shipped_config: Config) -> None:
     m = make_monitor(store, shipped_config)
     bad = Rejected("bad_json", "events.jsonl:3: not valid JSON", "{oops")
-    m.apply_poll("desk", "jsonl", PollResult(email_contact("A"), [bad], cursor="1", watermark=at(hours=1)), 0.0)
+    m.apply_poll(
+        "desk",
+        "jsonl",
+        PollResult(email_contact("A"), [bad], cursor="1", watermark=at(hours=1)),
+        0.0,
+    )
     with store.begin() as conn:
         rows = store.rejected(conn)
     assert [(r.source, r.reason, r.payload) for r in rows] == [("desk", "bad_json", "{oops")]
@@ -114,12 +153,31 @@ def test_rejected_items_are_kept_with_their_reason(store: Store, shipped_config:
 def test_repeat_contact_is_linked_and_counted(store: Store, shipped_config: Config) -> None:
     m = make_monitor(store, shipped_config)
     call = [
-        ev("call_queued", at(minutes=20), conv="P", channel="phone", queue="support-line",
-           event_id="P-1", source="desk"),
-        ev("call_answered", at(minutes=20, seconds=8), conv="P", channel="phone",
-           queue="support-line", event_id="P-2", source="desk"),
+        ev(
+            "call_queued",
+            at(minutes=20),
+            conv="P",
+            channel="phone",
+            queue="support-line",
+            event_id="P-1",
+            source="desk",
+        ),
+        ev(
+            "call_answered",
+            at(minutes=20, seconds=8),
+            conv="P",
+            channel="phone",
+            queue="support-line",
+            event_id="P-2",
+            source="desk",
+        ),
     ]
-    m.apply_poll("desk", "jsonl", PollResult(email_contact("A") + call, cursor="1", watermark=at(hours=1)), 0.0)
+    m.apply_poll(
+        "desk",
+        "jsonl",
+        PollResult(email_contact("A") + call, cursor="1", watermark=at(hours=1)),
+        0.0,
+    )
     with store.begin() as conn:
         assert store.repeat_links(conn, [("desk", "P")]) == {("desk", "P"): ("desk", "A")}
     assert m.live.repeats[("phone", "support-line")] == 1
