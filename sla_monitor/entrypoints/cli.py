@@ -448,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin otherwise
     try:
         return int(args.func(args))
     except ConfigError as exc:
