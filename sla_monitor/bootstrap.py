@@ -20,9 +20,12 @@ from sla_monitor.publishing.metrics import MonitorCollector
 from sla_monitor.service_layer.clock import AcceleratedClock, Clock, SystemClock
 from sla_monitor.service_layer.monitor import Monitor
 from sla_monitor.sources import Source, build_source
+from sla_monitor.sources.abc import AuthFailed, SourceError
 
 log = logging.getLogger(__name__)
 WAKE_JOB = "deadline-wake"
+MAX_BACKOFF = 300.0  # seconds; a failing source is retried at least this often
+AUTH_RETRY = 300.0
 
 
 def open_store(config: Config, db_url: str | None = None) -> Store:
@@ -74,15 +77,14 @@ class App:
         try:
             result = source.poll(state.cursor if state else None, self.clock.now())
         except Exception as exc:
-            self.monitor.poll_failed(name, cfg.kind, str(exc), time.perf_counter() - started)
-            log.error("poll of source %s failed: %s", name, exc)
-            self.polled.add(name)
+            self._failed(name, cfg, exc, time.perf_counter() - started)
             return
         try:
             summary = self.monitor.apply_poll(name, cfg.kind, result, time.perf_counter() - started)
         except Exception:
             log.exception("storing the poll of source %s failed; it will be read again", name)
             self.monitor.poll_failed(name, cfg.kind, "store error", time.perf_counter() - started)
+            self._poll_again(name, self._backoff(cfg, 1))
             return
         self.polled.add(name)
         if summary.new or summary.rejected:
@@ -94,9 +96,47 @@ class App:
                 summary.contacts,
             )
         if result.more:  # a backlog: read on without waiting for the interval
-            job = self.scheduler.get_job(f"poll:{name}")
-            if job is not None:
-                job.modify(next_run_time=datetime.now(UTC))
+            self._poll_again(name, result.next_poll_after or 0.0)
+        elif result.next_poll_after and result.next_poll_after > cfg.interval.total_seconds():
+            self._poll_again(name, result.next_poll_after)
+
+    def _failed(self, name: str, cfg: SourceConfig, exc: Exception, duration: float) -> None:
+        result = exc.result if isinstance(exc, SourceError) else "error"
+        self.monitor.poll_failed(name, cfg.kind, str(exc), duration, result)
+        self.polled.add(name)
+        failures = self.monitor.live.sources[name].consecutive_failures
+        if isinstance(exc, SourceError) and exc.retry_after is not None:
+            delay = exc.retry_after
+        elif isinstance(exc, AuthFailed):
+            delay = max(AUTH_RETRY, cfg.interval.total_seconds())  # a person must fix it
+        else:
+            delay = self._backoff(cfg, failures)
+        if isinstance(exc, SourceError):
+            level = (
+                logging.ERROR if failures == 1 or isinstance(exc, AuthFailed) else logging.WARNING
+            )
+            log.log(
+                level,
+                "poll of source %s failed (%s): %s; next try in %.0fs",
+                name,
+                result,
+                exc,
+                delay,
+            )
+        else:
+            log.exception("poll of source %s failed; next try in %.0fs", name, delay)
+        self._poll_again(name, delay)
+
+    @staticmethod
+    def _backoff(cfg: SourceConfig, failures: int) -> float:
+        """Exponential back-off from the poll interval, capped."""
+        interval = cfg.interval.total_seconds()
+        return float(min(max(interval * 2 ** (failures - 1), interval), MAX_BACKOFF))
+
+    def _poll_again(self, name: str, delay: float) -> None:
+        job = self.scheduler.get_job(f"poll:{name}")
+        if job is not None:
+            job.modify(next_run_time=datetime.now(UTC) + timedelta(seconds=delay))
 
     def wake(self) -> None:
         with self._wake_lock:

@@ -57,10 +57,11 @@ def build_source(cfg: SourceConfig) -> Source:
 
 
 def _register_builtin() -> None:
-    from sla_monitor.sources import demo, jsonl
+    from sla_monitor.sources import asterisk, demo, jsonl
 
     register("jsonl", jsonl.JsonlOptions, jsonl.JsonlSource)
     register("demo", demo.DemoOptions, demo.DemoSource)
+    register("asterisk_queue_log", asterisk.AsteriskOptions, asterisk.AsteriskQueueLogSource)
 
 
 _register_builtin()

@@ -38,6 +38,28 @@ class PollResult:
     cursor: str | None = None
     watermark: datetime | None = None
     more: bool = False  # more is ready right away: poll again without waiting
+    next_poll_after: float | None = None  # seconds to wait before polling again (rate limits)
+
+
+class SourceError(Exception):
+    """A poll that failed; the runtime backs off and retries, losing and repeating nothing
+    (the cursor only moves with stored events)."""
+
+    result = "error"  # the label in sla_source_polls_total{result}
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RateLimited(SourceError):
+    result = "rate_limited"
+
+
+class AuthFailed(SourceError):
+    """Credentials refused: reported clearly, retried slowly (it needs a person to fix)."""
+
+    result = "auth_error"
 
 
 @dataclass(frozen=True)

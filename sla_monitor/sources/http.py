@@ -1,0 +1,82 @@
+"""HTTP for connectors: JSON GETs that turn every failure into a SourceError the runtime
+knows how to back off from (timeouts, 5xx, 429 with Retry-After, refused credentials)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from sla_monitor import __version__
+from sla_monitor.sources.abc import AuthFailed, RateLimited, SourceError
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Retry-After as delta-seconds or an HTTP-date (RFC 9110 10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+class JsonClient:
+    def __init__(
+        self,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30.0,
+        auth: httpx.Auth | tuple[str, str] | None = None,
+        credential: str = "the credentials",
+    ) -> None:
+        self.credential = credential
+        self.client = httpx.Client(
+            headers={
+                "User-Agent": f"sla-monitor/{__version__}",
+                "Accept": "application/json",
+                **(headers or {}),
+            },
+            timeout=timeout,
+            auth=auth,
+            follow_redirects=True,
+        )
+
+    def get(self, url: str, params: dict[str, Any] | None = None) -> Any:
+        try:
+            resp = self.client.get(url, params=params)
+        except httpx.TimeoutException:
+            raise SourceError(f"timed out: GET {_safe(url)}") from None
+        except httpx.HTTPError as exc:
+            raise SourceError(f"cannot reach {_safe(url)}: {exc}") from None
+        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        if resp.status_code == 429:
+            raise RateLimited(f"rate limited (429) by {_safe(url)}", retry_after)
+        if resp.status_code in (401, 403):
+            raise AuthFailed(
+                f"{resp.status_code} from {_safe(url)}: {self.credential} refused; "
+                "check them and the account's permissions"
+            )
+        if resp.status_code >= 500:
+            raise SourceError(f"server error {resp.status_code} from {_safe(url)}", retry_after)
+        if resp.status_code >= 400:
+            raise SourceError(f"{resp.status_code} from {_safe(url)}: {resp.text[:200]}")
+        try:
+            return resp.json()
+        except ValueError:
+            raise SourceError(f"response from {_safe(url)} is not JSON") from None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _safe(url: str) -> str:
+    """The URL without its query (which may carry tokens) for error messages."""
+    return url.split("?", 1)[0]
