@@ -47,9 +47,12 @@ class SourceError(Exception):
 
     result = "error"  # the label in sla_source_polls_total{result}
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after: float | None = None, status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.status = status  # the HTTP status, where there was one
 
 
 class RateLimited(SourceError):

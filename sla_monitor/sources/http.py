@@ -58,16 +58,21 @@ class JsonClient:
             raise SourceError(f"cannot reach {_safe(url)}: {exc}") from None
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         if resp.status_code == 429:
-            raise RateLimited(f"rate limited (429) by {_safe(url)}", retry_after)
+            raise RateLimited(f"rate limited (429) by {_safe(url)}", retry_after, 429)
         if resp.status_code in (401, 403):
             raise AuthFailed(
                 f"{resp.status_code} from {_safe(url)}: {self.credential} refused; "
-                "check them and the account's permissions"
+                "check them and the account's permissions",
+                status=resp.status_code,
             )
         if resp.status_code >= 500:
-            raise SourceError(f"server error {resp.status_code} from {_safe(url)}", retry_after)
+            raise SourceError(
+                f"server error {resp.status_code} from {_safe(url)}", retry_after, resp.status_code
+            )
         if resp.status_code >= 400:
-            raise SourceError(f"{resp.status_code} from {_safe(url)}: {resp.text[:200]}")
+            raise SourceError(
+                f"{resp.status_code} from {_safe(url)}: {resp.text[:200]}", status=resp.status_code
+            )
         try:
             return resp.json()
         except ValueError:
