@@ -34,7 +34,7 @@ def fake_api(handler: Callable[[Request], Reply]) -> Iterator[FakeApi]:
     api = FakeApi(handler)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             parts = urlsplit(self.path)
             req = Request(
                 parts.path,

@@ -36,7 +36,7 @@ def item(i: int, conv: str, kind: str, minutes: float) -> dict[str, Any]:
     }
 
 
-# thread A: answered by a person in 10 min; B: only the bot; out of order and duplicated across pages
+# thread A: a person replies in 10 min; B: only the bot; out of order, duplicated across pages
 PAGES = [
     [item(1, "A", "inbound", 0), item(3, "A", "outbound_agent", 10)],
     [
@@ -153,9 +153,11 @@ def test_server_errors_and_expired_cursors(tmp_path: Path) -> None:
 
 
 def test_refused_credentials_are_named_but_not_shown(tmp_path: Path) -> None:
-    with fake_api(lambda req: (401, {}, {"error": "bad token"})) as api:
-        with pytest.raises(AuthFailed) as exc:
-            source(api.url).poll(None, NOW)
+    with (
+        fake_api(lambda req: (401, {}, {"error": "bad token"})) as api,
+        pytest.raises(AuthFailed) as exc,
+    ):
+        source(api.url).poll(None, NOW)
     assert "TEST_SOCIAL_TOKEN" in str(exc.value) and "s3cret" not in str(exc.value)
 
 
