@@ -19,13 +19,16 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/sla-monitor run $(ARGS)
 
-# PostgreSQL server binaries for the store tests (Debian package; the tests start and stop
-# their own server on a free loopback port, as the `postgres` user).
+# Servers the tests run for real (Debian packages): PostgreSQL for the store, Dovecot for
+# IMAP. The tests start and stop their own instances on free loopback ports in temp dirs.
+SYSTEM_PACKAGES = postgresql dovecot-imapd openssl
 system-deps:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
-	  echo "installing postgresql (for the store tests)"; \
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v dovecot >/dev/null 2>&1 \
+	    || ! command -v openssl >/dev/null 2>&1; then \
+	  echo "installing $(SYSTEM_PACKAGES) (for the tests)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
 	fi
 
 lint: $(STAMP)

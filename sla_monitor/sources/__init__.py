@@ -57,13 +57,14 @@ def build_source(cfg: SourceConfig) -> Source:
 
 
 def _register_builtin() -> None:
-    from sla_monitor.sources import asterisk, demo, http_json, jsonl, zendesk
+    from sla_monitor.sources import asterisk, demo, http_json, imap, jsonl, zendesk
 
     register("jsonl", jsonl.JsonlOptions, jsonl.JsonlSource)
     register("demo", demo.DemoOptions, demo.DemoSource)
     register("asterisk_queue_log", asterisk.AsteriskOptions, asterisk.AsteriskQueueLogSource)
     register("http_json", http_json.HttpJsonOptions, http_json.HttpJsonSource)
     register("zendesk", zendesk.ZendeskOptions, zendesk.ZendeskSource)
+    register("imap", imap.ImapOptions, imap.ImapSource)
 
 
 _register_builtin()
