@@ -57,7 +57,7 @@ def build_source(cfg: SourceConfig) -> Source:
 
 
 def _register_builtin() -> None:
-    from sla_monitor.sources import asterisk, demo, http_json, imap, jsonl, zendesk
+    from sla_monitor.sources import asterisk, chatwoot, demo, http_json, imap, jsonl, zendesk
 
     register("jsonl", jsonl.JsonlOptions, jsonl.JsonlSource)
     register("demo", demo.DemoOptions, demo.DemoSource)
@@ -65,6 +65,7 @@ def _register_builtin() -> None:
     register("http_json", http_json.HttpJsonOptions, http_json.HttpJsonSource)
     register("zendesk", zendesk.ZendeskOptions, zendesk.ZendeskSource)
     register("imap", imap.ImapOptions, imap.ImapSource)
+    register("chatwoot", chatwoot.ChatwootOptions, chatwoot.ChatwootSource)
 
 
 _register_builtin()
