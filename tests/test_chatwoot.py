@@ -4,6 +4,7 @@ automations, private notes, a 429 with Retry-After and a 5xx, and a deleted conv
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -195,5 +196,5 @@ def test_conversations_end_to_end(tmp_path: Path, shipped_config: Config) -> Non
 def test_a_deleted_conversation_is_forgotten(tmp_path: Path) -> None:
     with fake_api(make_handler([])) as api:
         src = chatwoot(api.url)
-        r = src.poll('{"mark": %d, "last_message": {"13": 5, "10": 105}}' % (TS - 10), NOW)
+        r = src.poll(json.dumps({"mark": TS - 10, "last_message": {"13": 5, "10": 105}}), NOW)
     assert '"13"' not in (r.cursor or "") and '"10": 105' in (r.cursor or "")
