@@ -198,3 +198,21 @@ def test_runtime_backs_off_per_retry_after_and_on_auth_errors(tmp_path: Path) ->
             assert not app.monitor.live.sources["social"].up
         finally:
             app.stop()
+
+
+def test_next_link_pagination(tmp_path: Path) -> None:
+    def linked(req: Request) -> Reply:
+        page = int(req.params.get("page", "0"))
+        nxt = f"{api_url[0]}/v1/events?page={page + 1}" if page + 1 < len(PAGES) else None
+        return 200, {}, {"data": PAGES[page], "links": {"next": nxt}}
+
+    api_url: list[str] = []
+    with fake_api(linked) as api:
+        api_url.append(api.url)
+        src = HttpJsonSource(
+            SourceContext("social", Channel.SOCIAL, ()),
+            options(api.url, cursor=None, next_link="links.next"),
+        )
+        result = src.poll(None, NOW)
+    assert [r.params.get("page") for r in api.requests] == [None, "1", "2"]
+    assert sorted({e.event_id for e in result.events}) == ["1", "2", "3", "4", "5"]

@@ -139,7 +139,7 @@ class HttpJsonSource:
             if self.options.cursor and state.get("cursor") is not None:
                 params[self.options.cursor.param] = state["cursor"]
             try:
-                body = self.client.get(url, params)
+                body = self.client.get(url, params or None)  # keep a next link's own query
             except SourceError as exc:
                 if exc.status in self.options.expired_cursor_status and (
                     state.get("cursor") is not None or state.get("next_url")
