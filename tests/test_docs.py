@@ -40,3 +40,14 @@ def test_readme_lists_every_metric_and_command(tmp_path: Path) -> None:
     commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     for command in commands:
         assert f"sla-monitor {command}" in README, command
+
+
+def test_connector_examples_are_valid() -> None:
+    from sla_monitor.sources import REGISTRY
+
+    cfg = load_config(ROOT / "config" / "examples" / "connectors.yaml")
+    kinds = {s.kind for s in cfg.settings.sources}
+    assert kinds == set(REGISTRY) - {"demo"}  # every connector has an example
+    for kind in REGISTRY:
+        assert f"`{kind}`" in README, f"connector {kind} is not in the README"
+        assert f"`{kind}`" in (ROOT / "docs" / "sources.md").read_text(), kind
