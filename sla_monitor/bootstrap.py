@@ -16,6 +16,7 @@ from prometheus_client.process_collector import ProcessCollector
 from sla_monitor.adapters.store import Store
 from sla_monitor.config import Config, SourceConfig, load_config, parse_listen
 from sla_monitor.entrypoints.http import serve
+from sla_monitor.publishing.alertmanager import AlertmanagerPublisher
 from sla_monitor.publishing.metrics import MonitorCollector
 from sla_monitor.service_layer.clock import AcceleratedClock, Clock, SystemClock
 from sla_monitor.service_layer.monitor import Monitor
@@ -65,6 +66,7 @@ class App:
     http: ThreadingHTTPServer | None = None
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     polled: set[str] = field(default_factory=set)
+    alerts: AlertmanagerPublisher | None = None
     _wake_at: datetime | None = None
     _wake_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -167,6 +169,10 @@ class App:
 
     def start(self) -> None:
         self.monitor.load()
+        if self.alerts is not None:
+            with self.store.begin() as conn:
+                self.alerts.load(self.store.alerting_targets(conn))  # re-send what is active
+            self.alerts.start()
         self.registry.register(MonitorCollector(self.monitor))
         self.registry.register(ProcessCollector(registry=None))
         host, port = parse_listen(self.listen)
@@ -205,6 +211,8 @@ class App:
         if self.http is not None:
             self.http.shutdown()
             self.http.server_close()
+        if self.alerts is not None:
+            self.alerts.stop()
         for source, _cfg in self.sources.values():
             source.close()
         self.store.close()
@@ -214,9 +222,21 @@ def build_app(config_path: str, db_url: str | None = None, listen: str | None = 
     config = load_config(config_path)
     store = open_store(config, db_url)
     clock = choose_clock(config, store)
-    monitor = Monitor(store, config, clock)
+    alerting = config.settings.alerting
+    alerts = None
+    if alerting.alertmanager_urls:
+        alerts = AlertmanagerPublisher(
+            alerting.alertmanager_urls,
+            clock,
+            {s.name: s.contact_url for s in config.settings.sources},
+            alerting.resend_interval.total_seconds(),
+            alerting.timeout.total_seconds(),
+        )
+    monitor = Monitor(store, config, clock, [alerts] if alerts else [])
     sources: dict[str, tuple[Source, SourceConfig]] = {}
     for cfg in config.settings.sources:
         sources[cfg.name] = (build_source(cfg), cfg)
         monitor.declare(cfg.name, cfg.kind, cfg.channel.value if cfg.channel else None, cfg.queues)
-    return App(config, store, clock, monitor, sources, listen or config.settings.listen)
+    return App(
+        config, store, clock, monitor, sources, listen or config.settings.listen, alerts=alerts
+    )

@@ -251,9 +251,29 @@ class SourceConfig(_Model):
         return _duration(v)
 
 
+class AlertingConfig(_Model):
+    alertmanager_urls: list[str] = []  # every one gets every alert (an HA pair: list both)
+    resend_interval: timedelta = timedelta(minutes=1)  # keep below resolve_timeout (5m)
+    timeout: timedelta = timedelta(seconds=10)
+
+    @field_validator("resend_interval", "timeout", mode="before")
+    @classmethod
+    def _durations(cls, v: Any) -> timedelta:
+        return _duration(v)
+
+    @field_validator("alertmanager_urls")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"not an http(s) URL: {url!r}")
+        return v
+
+
 class Settings(_Model):
     database: DatabaseConfig | str = DatabaseConfig()
     listen: str = DEFAULT_LISTEN
+    alerting: AlertingConfig = AlertingConfig()
     calendars: dict[str, CalendarConfig] = {}
     policy: PolicyConfig
     sources: list[SourceConfig] = []

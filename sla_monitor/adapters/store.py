@@ -410,6 +410,31 @@ class Store:
         q = select(TARGETS).where(TARGETS.c.is_open.is_(True))
         yield from conn.execution_options(yield_per=10000).execute(q)
 
+    def alerting_targets(self, conn: Connection) -> list[Any]:
+        """Open targets that are breached or at risk, with their customer (for alerts)."""
+        q = (
+            select(
+                TARGETS.c.source,
+                TARGETS.c.conversation_id,
+                TARGETS.c.target,
+                TARGETS.c.seq,
+                TARGETS.c.channel,
+                TARGETS.c.queue,
+                TARGETS.c.priority,
+                TARGETS.c.state,
+                TARGETS.c.started_us,
+                TARGETS.c.deadline_us,
+                CONTACTS.c.customer_id,
+            )
+            .join(
+                CONTACTS,
+                (CONTACTS.c.source == TARGETS.c.source)
+                & (CONTACTS.c.conversation_id == TARGETS.c.conversation_id),
+            )
+            .where(TARGETS.c.is_open.is_(True), TARGETS.c.state.in_(["breached", "at_risk"]))
+        )
+        return list(conn.execute(q))
+
     def pending_wakes(self, conn: Connection) -> Iterator[tuple[str, str, int | None, int | None]]:
         q = select(
             CONTACTS.c.source,

@@ -1,0 +1,278 @@
+"""Per-contact alerts to Alertmanager's v2 API (`POST /api/v2/alerts`).
+
+`AcknowledgementLapsed` (severity page) while a target is breached and unfulfilled,
+`AcknowledgementAtRisk` (severity warning) from its warning point; resolved (`endsAt` now)
+when the contact is acknowledged or closed. The monitor's evaluation only records what
+should be active (no I/O under its lock); a sender thread posts the whole active set to
+every configured Alertmanager at once on a change and again every `resend_interval`
+(shorter than Alertmanager's `resolve_timeout`), plus the resolutions each one has not
+yet accepted. An Alertmanager that is down gets everything when it is back; after a
+restart the active set is rebuilt from the store and re-sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+
+from sla_monitor import __version__
+from sla_monitor.domain.engine import ContactEvaluation, TargetResult, TargetState
+from sla_monitor.domain.timeutil import format_duration, from_micros, iso
+from sla_monitor.service_layer.clock import Clock
+
+log = logging.getLogger(__name__)
+
+LAPSED, AT_RISK = "AcknowledgementLapsed", "AcknowledgementAtRisk"
+AlertKey = tuple[str, str, str, int, str]  # source, conversation, target, seq, alertname
+
+
+@dataclass(frozen=True)
+class AlertFacts:
+    source: str
+    conversation_id: str
+    target: str
+    seq: int
+    channel: str
+    queue: str
+    priority: str
+    customer: str | None
+    started_at: datetime
+    deadline: datetime | None
+    within: timedelta
+    state: str
+
+
+def facts_from(ev: ContactEvaluation, t: TargetResult) -> AlertFacts:
+    a = ev.attributes
+    return AlertFacts(
+        ev.key[0],
+        ev.key[1],
+        t.target.value,
+        t.seq,
+        a.channel.value,
+        a.queue,
+        a.priority or "none",
+        a.customer_id,
+        t.started_at,
+        t.deadline,
+        t.within,
+        t.state.value,
+    )
+
+
+class AlertmanagerPublisher:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        clock: Clock,
+        contact_urls: dict[str, str | None],
+        resend_interval: float = 60.0,
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.urls = [u.rstrip("/") for u in urls]
+        self.clock = clock
+        self.contact_urls = contact_urls
+        self.resend_interval = resend_interval
+        self.client = httpx.Client(
+            timeout=timeout,
+            transport=transport,
+            headers={"User-Agent": f"sla-monitor/{__version__}"},
+        )
+        self.active: dict[AlertKey, AlertFacts] = {}
+        self.resolved: dict[str, dict[AlertKey, dict[str, Any]]] = {u: {} for u in self.urls}
+        self.delivered_ok: dict[str, bool] = dict.fromkeys(self.urls, True)
+        self._cond = threading.Condition()
+        self._dirty = False
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.sent_batches = 0
+
+    # -- what should be active (called under the monitor's lock: no I/O here) ----------------
+
+    def target_changed(self, ev: ContactEvaluation, t: TargetResult, previous: str | None) -> None:
+        self.apply(facts_from(ev, t), t.is_open)
+
+    def apply(self, f: AlertFacts, is_open: bool) -> None:
+        want = None
+        if is_open and f.state == TargetState.BREACHED.value:
+            want = LAPSED
+        elif is_open and f.state == TargetState.AT_RISK.value:
+            want = AT_RISK
+        with self._cond:
+            for name in (LAPSED, AT_RISK):
+                key = (f.source, f.conversation_id, f.target, f.seq, name)
+                if name == want:
+                    self.active[key] = f
+                elif key in self.active:
+                    old = self.active.pop(key)
+                    payload = self._payload(key, old, resolved=True)
+                    for url in self.urls:
+                        self.resolved[url][key] = payload
+            self._dirty = True
+            self._cond.notify()
+
+    def load(self, rows: Iterable[Any]) -> None:
+        """After a restart: what is still breached or at risk is active again."""
+        for r in rows:
+            self.apply(
+                AlertFacts(
+                    r.source,
+                    r.conversation_id,
+                    r.target,
+                    r.seq,
+                    r.channel,
+                    r.queue,
+                    r.priority,
+                    r.customer_id,
+                    from_micros(r.started_us),
+                    from_micros(r.deadline_us) if r.deadline_us is not None else None,
+                    timedelta(0),
+                    r.state,
+                ),
+                True,
+            )
+
+    # -- payloads -------------------------------------------------------------------------
+
+    def _link(self, f: AlertFacts) -> str | None:
+        template = self.contact_urls.get(f.source)
+        if not template:
+            return None
+        return template.format(conversation_id=f.conversation_id, source=f.source)
+
+    def _payload(self, key: AlertKey, f: AlertFacts, resolved: bool = False) -> dict[str, Any]:
+        name = key[4]
+        now = self.clock.now()
+        contact = f"{f.source}:{f.conversation_id}"
+        labels = {
+            "alertname": name,
+            "severity": "page" if name == LAPSED else "warning",
+            "channel": f.channel,
+            "queue": f.queue,
+            "target": f.target,
+            "priority": f.priority,
+            "contact": contact,
+            "source": f.source,
+        }
+        who = f.customer or "a customer"
+        if f.deadline is not None and name == LAPSED:
+            late = format_duration(max(now - f.deadline, timedelta(0)))
+            summary = (
+                f"{f.target} lapsed for {f.channel} contact {contact} in {f.queue}: "
+                f"{who} has waited {late} past the deadline"
+            )
+            how_late = late
+        elif f.deadline is not None:
+            left = format_duration(max(f.deadline - now, timedelta(0)))
+            summary = (
+                f"{f.target} at risk for {f.channel} contact {contact} in {f.queue}: "
+                f"{left} left to answer {who}"
+            )
+            how_late = f"due in {left}"
+        else:
+            summary = f"{f.target} for {f.channel} contact {contact} in {f.queue} needs attention"
+            how_late = "unknown"
+        annotations = {
+            "summary": summary,
+            "customer": f.customer or "",
+            "how_late": how_late,
+            "started_at": iso(f.started_at),
+            "deadline": iso(f.deadline) if f.deadline else "",
+            "description": f"Explain it with: sla-monitor explain {contact}",
+        }
+        link = self._link(f)
+        if link:
+            annotations["link"] = link
+        real_now = self.clock.to_real(now)
+        starts = self.clock.to_real(f.deadline) if f.deadline and name == LAPSED else real_now
+        payload: dict[str, Any] = {
+            "labels": labels,
+            "annotations": annotations,
+            "startsAt": iso(min(starts, real_now)),
+            # auto-resolves only if the monitor stops re-sending (its own absence alerts then)
+            "endsAt": iso(
+                real_now if resolved else real_now + timedelta(seconds=4 * self.resend_interval)
+            ),
+        }
+        if link:
+            payload["generatorURL"] = link
+        return payload
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    def flush(self) -> bool:
+        """Post the active set and pending resolutions to every Alertmanager; True if all
+        accepted them."""
+        with self._cond:
+            active = [self._payload(k, f) for k, f in self.active.items()]
+            resolved = {u: dict(v) for u, v in self.resolved.items()}
+            self._dirty = False
+        ok_all = True
+        for url in self.urls:
+            batch = active + list(resolved[url].values())
+            if not batch:
+                continue
+            try:
+                resp = self.client.post(f"{url}/api/v2/alerts", json=batch)
+                ok = resp.status_code == 200
+                if not ok:
+                    log.warning(
+                        "alertmanager %s refused %d alerts: %d %s",
+                        url,
+                        len(batch),
+                        resp.status_code,
+                        resp.text[:200],
+                    )
+            except httpx.HTTPError as exc:
+                ok = False
+                if self.delivered_ok[url]:
+                    log.warning(
+                        "alertmanager %s unreachable (%s); alerts kept and re-sent", url, exc
+                    )
+            if ok:
+                self.sent_batches += 1
+                with self._cond:
+                    for key in resolved[url]:
+                        self.resolved[url].pop(key, None)
+                if not self.delivered_ok[url]:
+                    log.info(
+                        "alertmanager %s reachable again; %d alerts delivered", url, len(batch)
+                    )
+            self.delivered_ok[url] = ok
+            ok_all = ok_all and ok
+        return ok_all
+
+    def _run(self) -> None:
+        backoff = 1.0
+        while True:
+            with self._cond:
+                if not self._dirty and not self._stop:
+                    self._cond.wait(self.resend_interval)
+                if self._stop:
+                    return
+            if self.flush():
+                backoff = 1.0
+            else:  # retry soon, then less often, while Alertmanager is down
+                with self._cond:
+                    self._dirty = True
+                    self._cond.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="alertmanager", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.client.close()
