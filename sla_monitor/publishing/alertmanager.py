@@ -66,6 +66,11 @@ def facts_from(ev: ContactEvaluation, t: TargetResult) -> AlertFacts:
     )
 
 
+def _human(d: timedelta) -> str:
+    """A duration for people: whole seconds, never negative."""
+    return format_duration(timedelta(seconds=round(max(d.total_seconds(), 0.0))))
+
+
 class AlertmanagerPublisher:
     def __init__(
         self,
@@ -163,14 +168,14 @@ class AlertmanagerPublisher:
         }
         who = f.customer or "a customer"
         if f.deadline is not None and name == LAPSED:
-            late = format_duration(max(now - f.deadline, timedelta(0)))
+            late = _human(now - f.deadline)
             summary = (
                 f"{f.target} lapsed for {f.channel} contact {contact} in {f.queue}: "
                 f"{who} has waited {late} past the deadline"
             )
             how_late = late
         elif f.deadline is not None:
-            left = format_duration(max(f.deadline - now, timedelta(0)))
+            left = _human(f.deadline - now)
             summary = (
                 f"{f.target} at risk for {f.channel} contact {contact} in {f.queue}: "
                 f"{left} left to answer {who}"

@@ -1,0 +1,148 @@
+"""Per-contact alerts delivered to a real Alertmanager: labels, link, resolution, an
+outage, several Alertmanagers, and a restart."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sla_monitor.domain.engine import evaluate_contact
+from sla_monitor.publishing.alertmanager import AlertmanagerPublisher
+from sla_monitor.service_layer.clock import SystemClock
+
+from .helpers import ev, policy
+from .promstack import AM_CONFIG, Alertmanager
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+@pytest.fixture
+def alertmanager() -> Iterator[Alertmanager]:
+    am = Alertmanager(AM_CONFIG)
+    am.start()
+    try:
+        yield am
+    finally:
+        am.cleanup()
+
+
+def publish_contact(pub: AlertmanagerPublisher, events: list, now: datetime) -> None:  # type: ignore[type-arg]
+    result = evaluate_contact(events, policy(), now, now)
+    for t in result.targets:
+        pub.target_changed(result, t, None)
+
+
+def breached_email(now: datetime, reply: bool = False) -> list:  # type: ignore[type-arg]
+    t0 = now - timedelta(minutes=70)
+    events = [
+        ev(
+            "customer_message",
+            t0,
+            conv="T-42",
+            customer="alice@example.com",
+            source="desk",
+            event_id="m1",
+        ),
+        ev("auto_reply", t0 + timedelta(seconds=20), conv="T-42", source="desk", event_id="m2"),
+    ]
+    if reply:
+        events.append(ev("agent_reply", now, conv="T-42", source="desk", event_id="m3"))
+    return events
+
+
+def lapsed(am: Alertmanager) -> list[dict]:  # type: ignore[type-arg]
+    return [a for a in am.alerts() if a["labels"]["alertname"] == "AcknowledgementLapsed"]
+
+
+def test_page_with_labels_and_link_then_resolved(alertmanager: Alertmanager) -> None:
+    pub = AlertmanagerPublisher(
+        [alertmanager.url],
+        SystemClock(),
+        {"desk": "https://desk.example.com/tickets/{conversation_id}"},
+        resend_interval=30,
+    )
+    pub.start()
+    try:
+        now = datetime.now(UTC)
+        publish_contact(pub, breached_email(now), now)
+        wait_for(lambda: len(lapsed(alertmanager)) == 1)
+        alert = lapsed(alertmanager)[0]
+        assert alert["labels"] == {
+            "alertname": "AcknowledgementLapsed",
+            "severity": "page",
+            "channel": "email",
+            "queue": "billing",
+            "target": "first_reply",
+            "priority": "none",
+            "contact": "desk:T-42",
+            "source": "desk",
+        }
+        assert alert["annotations"]["link"] == "https://desk.example.com/tickets/T-42"
+        assert alert["annotations"]["customer"] == "alice@example.com"
+        assert "10m past the deadline" in alert["annotations"]["summary"]
+        assert alert["status"]["state"] == "active"
+        publish_contact(pub, breached_email(now, reply=True), now)
+        wait_for(lambda: lapsed(alertmanager) == [])
+    finally:
+        pub.stop()
+
+
+def test_an_outage_delays_the_page_but_does_not_lose_it(alertmanager: Alertmanager) -> None:
+    pub = AlertmanagerPublisher([alertmanager.url], SystemClock(), {}, resend_interval=30)
+    pub.start()
+    try:
+        alertmanager.stop()
+        now = datetime.now(UTC)
+        publish_contact(pub, breached_email(now), now)
+        wait_for(lambda: not pub.delivered_ok[alertmanager.url])  # tried, and failed
+        alertmanager.start()
+        wait_for(lambda: len(lapsed(alertmanager)) == 1, timeout=40)
+    finally:
+        pub.stop()
+
+
+def test_every_alertmanager_of_a_pair_gets_every_alert(alertmanager: Alertmanager) -> None:
+    second = Alertmanager(AM_CONFIG)
+    second.start()
+    pub = AlertmanagerPublisher(
+        [alertmanager.url, second.url], SystemClock(), {}, resend_interval=30
+    )
+    pub.start()
+    try:
+        now = datetime.now(UTC)
+        publish_contact(pub, breached_email(now), now)
+        wait_for(lambda: len(lapsed(alertmanager)) == 1 and len(lapsed(second)) == 1)
+    finally:
+        pub.stop()
+        second.cleanup()
+
+
+def test_at_risk_warning(alertmanager: Alertmanager) -> None:
+    pub = AlertmanagerPublisher([alertmanager.url], SystemClock(), {}, resend_interval=30)
+    pub.start()
+    try:
+        now = datetime.now(UTC)
+        events = [ev("customer_message", now - timedelta(minutes=50), conv="W", source="desk")]
+        publish_contact(pub, events, now)
+        wait_for(
+            lambda: any(
+                a["labels"]["alertname"] == "AcknowledgementAtRisk" for a in alertmanager.alerts()
+            )
+        )
+        warning = next(
+            a for a in alertmanager.alerts() if a["labels"]["alertname"] == "AcknowledgementAtRisk"
+        )
+        assert warning["labels"]["severity"] == "warning"
+        assert "10m left" in warning["annotations"]["summary"]
+    finally:
+        pub.stop()
