@@ -218,7 +218,12 @@ class App:
         self.store.close()
 
 
-def build_app(config_path: str, db_url: str | None = None, listen: str | None = None) -> App:
+def build_app(
+    config_path: str,
+    db_url: str | None = None,
+    listen: str | None = None,
+    alertmanagers: list[str] | None = None,
+) -> App:
     config = load_config(config_path)
     store = open_store(config, db_url)
     clock = choose_clock(config, store)

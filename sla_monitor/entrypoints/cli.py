@@ -72,7 +72,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from sla_monitor.bootstrap import build_app
 
-    app = build_app(args.config, args.db, args.listen)
+    app = build_app(args.config, args.db, args.listen, args.alertmanager)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -383,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[common], help="poll, evaluate, serve /metrics")
     run.add_argument(
         "--listen", help="HOST:PORT for /metrics, /healthz, /readyz (default 0.0.0.0:9799)"
+    )
+    run.add_argument(
+        "--alertmanager",
+        action="append",
+        metavar="URL",
+        help="push per-contact alerts to this Alertmanager (repeatable; adds to "
+        "alerting.alertmanager_urls)",
     )
     run.set_defaults(func=cmd_run)
 

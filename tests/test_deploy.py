@@ -1,0 +1,142 @@
+"""Deployment artefacts are valid: Prometheus config and rules (promtool), Alertmanager
+config (amtool), compose.yaml, Grafana provisioning, dashboards and runbooks."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import ROOT
+
+PROM = ROOT / "config" / "prometheus"
+RULES = PROM / "rules" / "sla-monitor.rules.yml"
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed (the README's test command installs it)")
+    return path
+
+
+def run(*cmd: str, cwd: Path = ROOT) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def alert_rules() -> list[dict]:  # type: ignore[type-arg]
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return [r for g in groups for r in g["rules"] if "alert" in r]
+
+
+def test_promtool_checks_the_shipped_config_and_rules() -> None:
+    out = run(tool("promtool"), "check", "config", str(PROM / "prometheus.yml"))
+    assert "SUCCESS" in out and "rules found" in out
+
+
+def test_promtool_unit_tests_cover_every_alert_firing_and_not() -> None:
+    out = run(tool("promtool"), "test", "rules", "sla-monitor.test.yml", cwd=PROM / "tests")
+    assert "SUCCESS" in out
+    tests = yaml.safe_load((PROM / "tests" / "sla-monitor.test.yml").read_text())["tests"]
+    cases = [c for t in tests for c in t.get("alert_rule_test", [])]
+    for rule in alert_rules():
+        mine = [c for c in cases if c["alertname"] == rule["alert"]]
+        assert any(c["exp_alerts"] for c in mine), f"{rule['alert']}: no firing case"
+        assert any(not c["exp_alerts"] for c in mine), f"{rule['alert']}: no not-firing case"
+
+
+def test_every_alert_has_summary_description_and_a_runbook() -> None:
+    names = []
+    for rule in alert_rules():
+        a = rule["annotations"]
+        assert a["summary"] and a["description"], rule["alert"]
+        page = a["runbook_url"].rsplit("/", 1)[1]
+        assert (ROOT / "docs" / "runbooks" / page).exists(), page
+        names.append(rule["alert"])
+    for name in ("AcknowledgementLapsed", "AcknowledgementAtRisk"):
+        assert (ROOT / "docs" / "runbooks" / f"{name}.md").exists()
+    assert len(names) == len(set(names)) >= 9
+
+
+def test_amtool_checks_the_alertmanager_config() -> None:
+    out = run(
+        tool("amtool"), "check-config", str(ROOT / "config" / "alertmanager" / "alertmanager.yml")
+    )
+    assert "SUCCESS" in out
+
+
+def test_compose_file_is_complete() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"sla-monitor", "prometheus", "alertmanager", "grafana"} <= set(services)
+    for name, svc in services.items():
+        assert "image" in svc or "build" in svc, name
+        for volume in svc.get("volumes", []):
+            host = volume.split(":")[0]
+            if host.startswith("."):
+                assert (ROOT / host).exists(), f"{name}: {host} does not exist"
+            else:
+                assert host in compose["volumes"], f"{name}: undeclared volume {host}"
+    prom = yaml.safe_load((PROM / "prometheus.yml").read_text())
+    target = prom["scrape_configs"][0]["static_configs"][0]["targets"][0]
+    assert target == "sla-monitor:9799" and "9799:9799" in services["sla-monitor"]["ports"]
+    assert "http://alertmanager:9093" in services["sla-monitor"]["command"]
+
+
+def test_dockerfile_is_slim_non_root_and_health_checked() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert text.count("FROM ") == 2 and "-slim" in text
+    assert re.search(r"^USER (?!root)\w+", text, re.M)
+    assert "HEALTHCHECK" in text and "/healthz" in text
+    assert 'CMD ["run"]' in text
+
+
+def test_dashboards_match_their_generator() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generate", ROOT / "dashboards" / "generate.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name, text in module.render().items():
+        assert (ROOT / "dashboards" / name).read_text() == text, (
+            f"dashboards/{name} is stale: run `python dashboards/generate.py`"
+        )
+
+
+def test_dashboards_are_grafana_dashboards() -> None:
+    provisioning = yaml.safe_load(
+        (ROOT / "config/grafana/provisioning/dashboards/sla-monitor.yml").read_text()
+    )
+    assert provisioning["providers"][0]["type"] == "file"
+    for path in sorted((ROOT / "dashboards").glob("*.json")):
+        board = json.loads(path.read_text())
+        assert board["uid"] and board["title"] and board["schemaVersion"] >= 36
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource"
+        assert {"channel", "queue", "priority"} <= set(variables)
+        ids = [p["id"] for p in board["panels"]]
+        assert len(ids) == len(set(ids))
+        for panel in board["panels"]:
+            assert panel["datasource"]["uid"] == "${datasource}"
+            assert panel["title"] and panel["description"] and panel["targets"]
+            g = panel["gridPos"]
+            assert 0 <= g["x"] and g["x"] + g["w"] <= 24
+            for target in panel["targets"]:
+                assert target["expr"].strip()
+
+
+def test_readme_describes_every_dashboard_panel() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for path in sorted((ROOT / "dashboards").glob("*.json")):
+        board = json.loads(path.read_text())
+        assert f"dashboards/{path.name}" in readme
+        for panel in board["panels"]:
+            assert panel["title"] in readme, f"README does not describe panel {panel['title']!r}"
