@@ -128,7 +128,7 @@ def test_dashboards_are_grafana_dashboards() -> None:
             assert panel["datasource"]["uid"] == "${datasource}"
             assert panel["title"] and panel["description"] and panel["targets"]
             g = panel["gridPos"]
-            assert 0 <= g["x"] and g["x"] + g["w"] <= 24
+            assert g["x"] >= 0 and g["x"] + g["w"] <= 24
             for target in panel["targets"]:
                 assert target["expr"].strip()
 
