@@ -228,10 +228,11 @@ def build_app(
     store = open_store(config, db_url)
     clock = choose_clock(config, store)
     alerting = config.settings.alerting
+    urls = [*alerting.alertmanager_urls, *(alertmanagers or [])]
     alerts = None
-    if alerting.alertmanager_urls:
+    if urls:
         alerts = AlertmanagerPublisher(
-            alerting.alertmanager_urls,
+            urls,
             clock,
             {s.name: s.contact_url for s in config.settings.sources},
             alerting.resend_interval.total_seconds(),

@@ -193,3 +193,23 @@ def test_timestamps_round_trip_exactly(store: Store, shipped_config: Config) -> 
     m.apply_poll("desk", "jsonl", PollResult([e], cursor="1", watermark=at(hours=1)), 0.0)
     with store.begin() as conn:
         assert store.events_for(conn, [("desk", "Z")])[("desk", "Z")] == [e]
+
+
+def test_listeners_hear_a_breach_and_its_late_reply(store: Store, shipped_config: Config) -> None:
+    heard: list[tuple[str, str, bool]] = []
+
+    class Recorder:
+        def target_changed(self, ev: object, t: object, previous: str | None) -> None:
+            heard.append((t.target.value, t.state.value, t.is_open))  # type: ignore[attr-defined]
+
+    clock = FixedClock(at(hours=2))
+    m = Monitor(store, shipped_config, clock, [Recorder()])
+    m.load()
+    m.apply_poll(
+        "desk", "jsonl", PollResult(email_contact("A"), cursor="1", watermark=at(hours=2)), 0.0
+    )
+    assert ("first_reply", "breached", True) in heard
+    heard.clear()
+    late = ev("agent_reply", at(hours=2), conv="A", event_id="A-9", source="desk")
+    m.apply_poll("desk", "jsonl", PollResult([late], cursor="2", watermark=at(hours=2)), 0.0)
+    assert heard == [("first_reply", "breached", False)]  # still breached, but answered: resolve

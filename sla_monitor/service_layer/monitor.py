@@ -388,7 +388,7 @@ class Monitor:
                 )
                 self._apply(key, t.seq, row, +1)
                 before = previous.pop((t.target.value, t.seq), None)
-                if before is None or before.state != row.state:
+                if before is None or (before.state, before.is_open) != (row.state, row.is_open):
                     self._changed(ev, t, before, now)
             for (tname, seq), _row in previous.items():  # targets that no longer exist
                 live.set_open((key[0], key[1], tname, seq), None)

@@ -1,0 +1,152 @@
+"""End to end, as deployed: the monitor on the accelerated demo desk, a real Prometheus
+scraping it with the shipped rules, a real Alertmanager receiving both the monitor's
+per-contact pages and Prometheus' alerts. Every dashboard query must return data."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from sla_monitor.bootstrap import build_app
+
+from .conftest import ROOT, SHIPPED_CONFIG, free_port
+from .promstack import AM_CONFIG, Alertmanager, Prometheus
+
+LINK = "https://desk.example.com/tickets/{conversation_id}"
+SUBSTITUTIONS = {
+    "$__rate_interval": "1m",
+    "$__range": "1h",
+    "$__interval": "15s",
+    "$channel": ".*",
+    "$queue": ".*",
+    "$priority": ".*",
+}
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except httpx.HTTPError:
+            result = None
+        if result:
+            return result
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def dashboard_queries() -> list[tuple[str, str, str]]:
+    out = []
+    for path in sorted((ROOT / "dashboards").glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel["targets"]:
+                expr = target["expr"]
+                for var, value in SUBSTITUTIONS.items():
+                    expr = expr.replace(var, value)
+                assert "$" not in expr, expr
+                out.append((path.name, panel["title"], expr))
+    return out
+
+
+def test_pages_rules_and_dashboards_against_real_prometheus_and_alertmanager(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "sla-monitor.yaml"
+    text = SHIPPED_CONFIG.read_text()
+    text = re.sub(r"(    kind: demo[^\n]*\n)", r'\1    contact_url: "' + LINK + '"\n', text)
+    config.write_text(text)
+    am = Alertmanager(AM_CONFIG)
+    am.start()
+    port = free_port()
+    app = build_app(str(config), f"sqlite:///{tmp_path / 'sla.db'}", f"127.0.0.1:{port}", [am.url])
+    app.start()
+    prom = Prometheus(f"""
+global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+rule_files: ["{ROOT / "config/prometheus/rules/sla-monitor.rules.yml"}"]
+alerting:
+  alertmanagers: [{{static_configs: [{{targets: ["127.0.0.1:{am.port}"]}}]}}]
+scrape_configs:
+  - job_name: sla-monitor
+    static_configs: [{{targets: ["127.0.0.1:{port}"]}}]
+""")
+    prom.start()
+    try:
+        # 1. the monitor pages a breached contact, with its labels and a link to it
+        def lapsed() -> list[dict[str, Any]]:
+            return [a for a in am.alerts() if a["labels"]["alertname"] == "AcknowledgementLapsed"]
+
+        pages = wait_for("a page in Alertmanager", lapsed, 60)
+        page = pages[0]
+        labels = page["labels"]
+        assert set(labels) == {
+            "alertname",
+            "severity",
+            "channel",
+            "queue",
+            "target",
+            "priority",
+            "contact",
+            "source",
+        }
+        assert labels["severity"] == "page" and labels["source"] == "demo"
+        source, conversation = labels["contact"].split(":", 1)
+        assert page["annotations"]["link"] == LINK.format(conversation_id=conversation)
+        with app.store.begin() as conn:
+            contact = app.store.contacts_for(conn, [(source, conversation)])[(source, conversation)]
+        assert (labels["channel"], labels["queue"]) == (contact.channel, contact.queue)
+
+        # 2. ... and resolves it after the reply event
+        paged = {a["labels"]["contact"] + "/" + a["labels"]["target"]: a for a in pages}
+
+        def one_resolved() -> str | None:
+            active = {a["labels"]["contact"] + "/" + a["labels"]["target"] for a in lapsed()}
+            gone = sorted(set(paged) - active)
+            return gone[0] if gone else None
+
+        resolved = wait_for("a page to resolve", one_resolved, 90)
+        key = tuple(resolved.split("/")[0].split(":", 1))
+        with app.store.begin() as conn:
+            events = app.store.events_for(conn, [key])[key]  # type: ignore[list-item]
+        target = resolved.split("/")[1]
+        closing = {"agent_reply", "auto_reply", "call_answered", "status_changed", "call_abandoned"}
+        assert any(e.kind.value in closing for e in events), (target, events)
+
+        # 3. every dashboard query returns data from Prometheus
+        wait_for("a few scrapes", lambda: prom.query("count_over_time(sla_build_info[1m]) > 5"), 30)
+        empty = [
+            (board, title, expr)
+            for board, title, expr in dashboard_queries()
+            if not prom.query(expr)
+        ]
+        assert empty == [], f"dashboard queries without data: {empty}"
+
+        # 4. a Prometheus-side rule fires (breached targets open for a minute)
+        def firing() -> list[dict[str, Any]]:
+            alerts = httpx.get(prom.url + "/api/v1/alerts", timeout=5).json()["data"]["alerts"]
+            return [
+                a
+                for a in alerts
+                if a["state"] == "firing" and a["labels"]["alertname"] == "SLABreachedTargetsOpen"
+            ]
+
+        rule_alerts = wait_for("SLABreachedTargetsOpen to fire", firing, 150)
+        assert rule_alerts[0]["annotations"]["runbook_url"].endswith("SLABreachedTargetsOpen.md")
+        # ... and reaches Alertmanager too
+        wait_for(
+            "the rule's alert in Alertmanager",
+            lambda: [
+                a for a in am.alerts() if a["labels"]["alertname"] == "SLABreachedTargetsOpen"
+            ],
+            30,
+        )
+    finally:
+        prom.cleanup()
+        app.stop()
+        am.cleanup()
