@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +147,69 @@ def test_at_risk_warning(alertmanager: Alertmanager) -> None:
         assert "10m left" in warning["annotations"]["summary"]
     finally:
         pub.stop()
+
+
+def test_after_a_restart_the_active_pages_are_sent_again(tmp_path: Path) -> None:
+    """The monitor breaches a contact while Alertmanager is unreachable and is restarted;
+    the new process sends the page from the store."""
+    import json as _json
+
+    from sla_monitor.bootstrap import build_app
+    from sla_monitor.domain.timeutil import iso
+
+    from .conftest import SHIPPED_CONFIG, free_port
+
+    now = datetime.now(UTC)
+    events = tmp_path / "calls.jsonl"
+    events.write_text(
+        "".join(
+            _json.dumps(r) + "\n"
+            for r in [
+                {
+                    "event_id": "q1",
+                    "conversation_id": "call-7",
+                    "kind": "call_queued",
+                    "occurred_at": iso(now - timedelta(minutes=2)),
+                    "channel": "phone",
+                    "queue": "support-line",
+                },
+            ]
+        )
+    )
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        SHIPPED_CONFIG.read_text().split("sources:")[0]
+        + f"""sources:
+  - name: pbx
+    kind: jsonl
+    interval: 1h
+    contact_url: "https://pbx.example/calls/{{conversation_id}}"
+    options: {{path: {events}}}
+"""
+    )
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    am = Alertmanager(AM_CONFIG)  # configured, but not running yet
+    try:
+        first = build_app(str(config), db, f"127.0.0.1:{free_port()}", [am.url])
+        first.start()
+        wait_for(
+            lambda: (
+                first.monitor.live.outcomes.get(
+                    ("phone", "support-line", "none", "answer", "breached"), 0
+                )
+                == 1
+            )
+        )
+        wait_for(lambda: first.alerts is not None and not first.alerts.delivered_ok[am.url])
+        first.stop()
+        am.start()
+        second = build_app(str(config), db, f"127.0.0.1:{free_port()}", [am.url])
+        second.start()
+        try:
+            wait_for(lambda: len(lapsed(am)) == 1)
+            assert lapsed(am)[0]["labels"]["contact"] == "pbx:call-7"
+            assert lapsed(am)[0]["annotations"]["link"] == "https://pbx.example/calls/call-7"
+        finally:
+            second.stop()
+    finally:
+        am.cleanup()
