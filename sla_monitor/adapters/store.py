@@ -19,12 +19,12 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
+    bindparam,
     create_engine,
     delete,
     event,
     func,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -197,13 +197,8 @@ class Store:
         self, conn: Connection, keys: Iterable[ContactKey]
     ) -> dict[ContactKey, list[Event]]:
         out: dict[ContactKey, list[Event]] = {}
-        key_list = list(keys)
-        for i in range(0, len(key_list), 500):
-            chunk = key_list[i : i + 500]
-            q = select(*_EVENT_COLUMNS).where(
-                tuple_(EVENTS.c.source, EVENTS.c.conversation_id).in_(chunk)
-            )
-            for r in conn.execute(q):
+        for where in _by_contact(EVENTS, keys):
+            for r in conn.execute(select(*_EVENT_COLUMNS).where(where)):
                 out.setdefault((r[0], r[2]), []).append(_row_event(r))
         return out
 
@@ -259,21 +254,15 @@ class Store:
         self, conn: Connection, keys: Sequence[ContactKey]
     ) -> dict[ContactKey, list[Any]]:
         out: dict[ContactKey, list[Any]] = {}
-        for i in range(0, len(keys), 500):
-            q = select(TARGETS).where(
-                tuple_(TARGETS.c.source, TARGETS.c.conversation_id).in_(keys[i : i + 500])
-            )
-            for r in conn.execute(q):
+        for where in _by_contact(TARGETS, keys):
+            for r in conn.execute(select(TARGETS).where(where)):
                 out.setdefault((r.source, r.conversation_id), []).append(r)
         return out
 
     def contacts_for(self, conn: Connection, keys: Sequence[ContactKey]) -> dict[ContactKey, Any]:
         out: dict[ContactKey, Any] = {}
-        for i in range(0, len(keys), 500):
-            q = select(CONTACTS).where(
-                tuple_(CONTACTS.c.source, CONTACTS.c.conversation_id).in_(keys[i : i + 500])
-            )
-            for r in conn.execute(q):
+        for where in _by_contact(CONTACTS, keys):
+            for r in conn.execute(select(CONTACTS).where(where)):
                 out[(r.source, r.conversation_id)] = r
         return out
 
@@ -282,7 +271,7 @@ class Store:
         conn: Connection,
         evaluations: Sequence[ContactEvaluation],
         repeat_links: dict[ContactKey, ContactKey] | None = None,
-        replace: bool = True,
+        replace: bool | Iterable[ContactKey] = True,
         contact_labels: dict[ContactKey, tuple[str, str, str]] | None = None,
         target_labels: dict[tuple[str, str, str, int], tuple[str, str, str]] | None = None,
     ) -> None:
@@ -294,20 +283,11 @@ class Store:
         """
         if not evaluations:
             return
-        keys = [ev.key for ev in evaluations]
-        if replace:
-            for i in range(0, len(keys), 500):
-                chunk = keys[i : i + 500]
-                conn.execute(
-                    delete(TARGETS).where(
-                        tuple_(TARGETS.c.source, TARGETS.c.conversation_id).in_(chunk)
-                    )
-                )
-                conn.execute(
-                    delete(CONTACTS).where(
-                        tuple_(CONTACTS.c.source, CONTACTS.c.conversation_id).in_(chunk)
-                    )
-                )
+        existing = [ev.key for ev in evaluations] if replace is True else list(replace or ())
+        for where in _by_contact(TARGETS, existing):
+            conn.execute(delete(TARGETS).where(where))
+        for where in _by_contact(CONTACTS, existing):
+            conn.execute(delete(CONTACTS).where(where))
         links = repeat_links or {}
         contact_rows, target_rows = [], []
         for ev in evaluations:
@@ -362,6 +342,33 @@ class Store:
         for i in range(0, len(target_rows), 5000):
             conn.execute(TARGETS.insert(), target_rows[i : i + 5000])
 
+    def set_repeats(self, conn: Connection, links: dict[ContactKey, ContactKey | None]) -> None:
+        """Set (or clear) many contacts' repeat links in one statement."""
+        if not links:
+            return
+        stmt = (
+            update(CONTACTS)
+            .where(
+                CONTACTS.c.source == bindparam("k_source"),
+                CONTACTS.c.conversation_id == bindparam("k_conv"),
+            )
+            .values(
+                repeat_of_source=bindparam("r_source"), repeat_of_conversation=bindparam("r_conv")
+            )
+        )
+        conn.execute(
+            stmt,
+            [
+                {
+                    "k_source": k[0],
+                    "k_conv": k[1],
+                    "r_source": v[0] if v else None,
+                    "r_conv": v[1] if v else None,
+                }
+                for k, v in links.items()
+            ],
+        )
+
     def set_repeat(self, conn: Connection, key: ContactKey, link: ContactKey | None) -> None:
         conn.execute(
             update(CONTACTS)
@@ -371,6 +378,30 @@ class Store:
                 repeat_of_conversation=link[1] if link else None,
             )
         )
+
+    def summaries_near(
+        self, conn: Connection, customers: Iterable[str], start_us: int, end_us: int
+    ) -> list[tuple[ContactSummary, ContactKey | None]]:
+        """Contacts of these customers opened in [start, end], with their current link."""
+        out = []
+        cust = sorted(set(customers))
+        for i in range(0, len(cust), 500):
+            q = select(
+                CONTACTS.c.source,
+                CONTACTS.c.conversation_id,
+                CONTACTS.c.customer_id,
+                CONTACTS.c.opened_us,
+                CONTACTS.c.first_response_us,
+                CONTACTS.c.repeat_of_source,
+                CONTACTS.c.repeat_of_conversation,
+            ).where(
+                CONTACTS.c.customer_id.in_(cust[i : i + 500]),
+                CONTACTS.c.opened_us.between(start_us, end_us),
+            )
+            for r in conn.execute(q):
+                link = (r[5], r[6]) if r[5] is not None else None
+                out.append((ContactSummary((r[0], r[1]), r[2], _dt(r[3]), _dt(r[4])), link))
+        return out
 
     def summaries_for_customers(
         self, conn: Connection, customers: Iterable[str]
@@ -512,6 +543,17 @@ class Store:
     def rejected(self, conn: Connection, limit: int = 100) -> list[Any]:
         q = select(REJECTED).order_by(REJECTED.c.id.desc()).limit(limit)
         return list(conn.execute(q))
+
+
+def _by_contact(table: Table, keys: Iterable[ContactKey], chunk: int = 900) -> Iterator[Any]:
+    """WHERE clauses selecting these contacts: per source, conversation ids in chunks (a
+    plain IN is far cheaper to compile and run than a tuple IN)."""
+    by_source: dict[str, list[str]] = {}
+    for source, conv in keys:
+        by_source.setdefault(source, []).append(conv)
+    for source, convs in by_source.items():
+        for i in range(0, len(convs), chunk):
+            yield (table.c.source == source) & table.c.conversation_id.in_(convs[i : i + chunk])
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

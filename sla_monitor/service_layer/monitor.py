@@ -226,7 +226,7 @@ class Monitor:
                 if advanced:
                     assert state.watermark is not None
                     keys |= self._released(source, to_micros(state.watermark))
-                evaluated = self._evaluate(conn, keys, now)
+                evaluated = self._evaluate(conn, keys, now, new)
         except Exception:
             # nothing was stored: keep the old cursor so the next poll reads the same items
             if previous is not None:
@@ -308,14 +308,26 @@ class Monitor:
             return datetime.min.replace(tzinfo=now.tzinfo)  # never read: nothing is knowable
         return state.watermark
 
-    def _evaluate(self, conn: Connection, keys: set[ContactKey], now: datetime) -> int:
+    def _evaluate(
+        self,
+        conn: Connection,
+        keys: set[ContactKey],
+        now: datetime,
+        new_events: Sequence[Event] = (),
+    ) -> int:
+        """Re-evaluate these contacts. `new_events` are the events just stored: a contact
+        with no row yet has exactly those, so its events need not be read back."""
         if not keys:
             return 0
         ordered = sorted(keys)
         store, live = self.store, self.live
-        events = store.events_for(conn, ordered)
-        old_targets = store.targets_for(conn, ordered)
         old_contacts = store.contacts_for(conn, ordered)
+        known = [k for k in ordered if k in old_contacts]
+        events = store.events_for(conn, known)
+        for e in new_events:
+            if e.contact_key not in old_contacts:
+                events.setdefault(e.contact_key, []).append(e)
+        old_targets = store.targets_for(conn, known)
         evaluations = [
             evaluate_contact(events[k], self.policy, now, self.watermark(k[0], now))
             for k in ordered
@@ -338,7 +350,12 @@ class Monitor:
             if r.repeat_of_source is not None
         }
         store.save_evaluations(
-            conn, evaluations, links, contact_labels=contact_labels, target_labels=target_labels
+            conn,
+            evaluations,
+            links,
+            replace=known,
+            contact_labels=contact_labels,
+            target_labels=target_labels,
         )
         # live aggregates: remove each old row's contribution, add the new one's
         for ev in evaluations:
@@ -397,7 +414,7 @@ class Monitor:
                 to_micros(ev.next_wake) if ev.next_wake else None,
                 to_micros(ev.awaiting_watermark) if ev.awaiting_watermark else None,
             )
-        self._update_repeats(conn, evaluations)
+        self._update_repeats(conn, evaluations, old_contacts)
         return len(evaluations)
 
     def _apply(self, key: ContactKey, seq: int, row: _Row, sign: int) -> None:
@@ -455,21 +472,54 @@ class Monitor:
             except Exception:
                 log.exception("target listener failed")
 
-    def _update_repeats(self, conn: Connection, evaluations: Sequence[ContactEvaluation]) -> None:
-        customers = {ev.attributes.customer_id for ev in evaluations if ev.attributes.customer_id}
-        if not customers:
+    def _update_repeats(
+        self,
+        conn: Connection,
+        evaluations: Sequence[ContactEvaluation],
+        old_contacts: dict[ContactKey, Any],
+    ) -> None:
+        """Re-link repeat contacts around the contacts whose opening or first personal
+        response changed (only those can change a link), within the repeat window."""
+        window_us = int(self.policy.repeat_window.total_seconds() * 1_000_000)
+        customers: set[str] = set()
+        lo = hi = None
+        for ev in evaluations:
+            a = ev.attributes
+            if not a.customer_id or ev.opened_at is None:
+                continue
+            old = old_contacts.get(ev.key)
+            opened, response = (
+                to_micros(ev.opened_at),
+                (to_micros(ev.first_response_at) if ev.first_response_at else None),
+            )
+            if old is not None and (old.customer_id, old.opened_us, old.first_response_us) == (
+                a.customer_id,
+                opened,
+                response,
+            ):
+                continue
+            customers.add(a.customer_id)
+            lo = opened if lo is None else min(lo, opened)
+            hi = opened if hi is None else max(hi, opened)
+        if not customers or lo is None or hi is None:
             return
-        summaries = self.store.summaries_for_customers(conn, customers)
-        current = self.store.repeat_links(conn, [s.key for s in summaries])
-        wanted = find_repeats(summaries, self.policy.repeat_window)
-        changed = [k for k in {*current, *wanted} if current.get(k) != wanted.get(k)]
+        rows = self.store.summaries_near(conn, customers, lo - 2 * window_us, hi + 2 * window_us)
+        current = {s.key: link for s, link in rows if link is not None}
+        wanted = find_repeats([s for s, _ in rows], self.policy.repeat_window)
+        inside = {
+            s.key
+            for s, _ in rows
+            if s.opened_at is not None
+            and lo - window_us <= to_micros(s.opened_at) <= hi + window_us
+        }
+        changed = {k: wanted.get(k) for k in inside if current.get(k) != wanted.get(k)}
         if not changed:
             return
-        rows = self.store.contacts_for(conn, changed)
-        for key in changed:
-            self.store.set_repeat(conn, key, wanted.get(key))
-            r = rows[key]
-            self.live.repeats[(r.channel, r.queue)] += 1 if key in wanted else -1
+        self.store.set_repeats(conn, changed)
+        labels = self.store.contacts_for(conn, list(changed))
+        for key, link in changed.items():
+            r = labels[key]
+            self.live.repeats[(r.channel, r.queue)] += 1 if link else -1
 
     # -- read side ------------------------------------------------------------------------
 
