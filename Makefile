@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint system-deps bench clean
+.PHONY: run test lint system-deps bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,13 @@ lint: $(STAMP)
 
 test: system-deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Benchmarks (docs/benchmarks.md): figures next to baselines measured in the same run.
+bench: system-deps $(STAMP)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+bench-quick: system-deps $(STAMP)
+	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis sla-monitor.db*

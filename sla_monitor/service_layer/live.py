@@ -12,6 +12,7 @@ import heapq
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from sys import intern
 
 DEFAULT_BUCKETS = (
     1,
@@ -69,13 +70,20 @@ def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(v)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OpenTarget:
+    """One open target's contribution to the gauges (kept small: there may be millions)."""
+
     channel: str
     queue: str
     target: str
     state: str
     started_us: int
+
+    @staticmethod
+    def of(channel: str, queue: str, target: str, state: str, started_us: int) -> OpenTarget:
+        # label strings are shared by all targets of a queue: intern them, not copy them
+        return OpenTarget(intern(channel), intern(queue), intern(target), intern(state), started_us)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -123,13 +124,20 @@ class Monitor:
                 live.response(ch, q, tg, v)
             for _src, ch, q in self.store.queues_seen(conn):
                 live.series.add((ch, q))
+            # share one key object per contact between the gauges and the deadline index:
+            # with a million open targets, every copied string costs tens of megabytes
+            contacts: dict[ContactKey, ContactKey] = {}
             for r in self.store.open_targets(conn):
+                ck = (sys.intern(r.source), r.conversation_id)
+                ck = contacts.setdefault(ck, ck)
                 live.set_open(
-                    (r.source, r.conversation_id, r.target, r.seq),
-                    OpenTarget(r.channel, r.queue, r.target, r.state, r.started_us),
+                    (ck[0], ck[1], sys.intern(r.target), r.seq),
+                    OpenTarget.of(r.channel, r.queue, r.target, r.state, r.started_us),
                 )
             for src, conv, wake_us, awaiting_us in self.store.pending_wakes(conn):
-                self._schedule((src, conv), wake_us, awaiting_us)
+                ck = (sys.intern(src), conv)
+                self._schedule(contacts.get(ck, ck), wake_us, awaiting_us)
+            del contacts
         self.ready = True
 
     def declare(self, source: str, kind: str, channel: str | None, queues: Iterable[str]) -> None:
@@ -427,7 +435,7 @@ class Monitor:
         if sign > 0:
             live.set_open(
                 tk,
-                OpenTarget(row.channel, row.queue, row.target, row.state, row.started_us)
+                OpenTarget.of(row.channel, row.queue, row.target, row.state, row.started_us)
                 if row.is_open
                 else None,
             )

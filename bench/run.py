@@ -1,0 +1,374 @@
+#!/usr/bin/env python3
+"""sla-monitor benchmarks: `make bench` (or `python -m bench.run [--quick] [--only NAME,...]`).
+
+Each benchmark prints its figure next to a baseline measured in the same run, and the
+goal from issue 5. Results and the machine they ran on are recorded in
+docs/benchmarks.md. PostgreSQL figures need the Debian `postgresql` package (the bench
+starts its own server, like the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import random
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from sla_monitor.adapters.store import CONTACTS, EVENTS, TARGETS, Store, event_row
+from sla_monitor.bootstrap import App
+from sla_monitor.config import Config, load_config
+from sla_monitor.domain.events import Channel, Event, EventKind, Status
+from sla_monitor.domain.timeutil import to_micros
+from sla_monitor.publishing.alertmanager import AlertmanagerPublisher
+from sla_monitor.publishing.metrics import MonitorCollector
+from sla_monitor.service_layer.clock import FixedClock, SystemClock
+from sla_monitor.service_layer.monitor import Monitor
+from sla_monitor.service_layer.recompute import replay
+from sla_monitor.sources.abc import PollResult
+from sla_monitor.sources.jsonl import parse_line
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "config" / "sla-monitor.yaml"
+T0 = datetime(2026, 11, 2, 8, tzinfo=UTC)
+RESULTS: list[dict[str, Any]] = []
+
+
+def report(name: str, figure: str, baseline: str, ratio: float | None, goal: str, ok: bool | None) -> None:
+    verdict = "" if ok is None else ("  GOAL MET" if ok else "  goal missed")
+    print(f"{name:<44} {figure:<26} baseline {baseline:<24} "
+          f"{'' if ratio is None else f'ratio {ratio:.2f}':<12} goal {goal}{verdict}", flush=True)
+    RESULTS.append({"name": name, "figure": figure, "baseline": baseline, "ratio": ratio,
+                    "goal": goal, "met": ok})
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# -- data -------------------------------------------------------------------------------------
+
+def synthetic_events(contacts: int, seed: int = 7, start: datetime = T0) -> list[Event]:
+    """A support desk's day: email threads (message, auto-reply, reply, follow-up, solve) and
+    calls (queued, answered or abandoned); ~5 events per contact, 1 in 3 customers returns."""
+    rng = random.Random(seed)
+    out: list[Event] = []
+    for i in range(contacts):
+        t = start + timedelta(seconds=i * 2 + rng.random())
+        cust = f"cust-{rng.randrange(max(contacts * 2 // 3, 1))}"
+        conv = f"c{i}"
+
+        def add(kind: EventKind, at: datetime, ch: Channel, q: str, **kw: Any) -> None:
+            out.append(Event("bench", f"{conv}-{len(out)}", conv, kind, at, ch, q, cust, **kw))
+
+        if rng.random() < 0.7:
+            q = rng.choice(["billing", "technical"])
+            add(EventKind.CUSTOMER_MESSAGE, t, Channel.EMAIL, q, priority="normal")
+            add(EventKind.AUTO_REPLY, t + timedelta(seconds=20), Channel.EMAIL, q)
+            reply = t + timedelta(minutes=rng.uniform(5, 90))
+            add(EventKind.AGENT_REPLY, reply, Channel.EMAIL, q)
+            add(EventKind.CUSTOMER_MESSAGE, reply + timedelta(minutes=30), Channel.EMAIL, q)
+            add(EventKind.STATUS_CHANGED, reply + timedelta(hours=2), Channel.EMAIL, q,
+                status=Status.SOLVED)
+        else:
+            q = "support-line"
+            add(EventKind.CALL_QUEUED, t, Channel.PHONE, q)
+            kind = EventKind.CALL_ANSWERED if rng.random() < 0.8 else EventKind.CALL_ABANDONED
+            add(kind, t + timedelta(seconds=rng.uniform(2, 40)), Channel.PHONE, q)
+            add(EventKind.STATUS_CHANGED, t + timedelta(minutes=5), Channel.PHONE, q,
+                status=Status.CLOSED)
+    return out
+
+
+@contextmanager
+def database(kind: str) -> Iterator[str]:
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory() as tmp:
+            yield f"sqlite:///{tmp}/bench.db"
+        return
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from tests.conftest import PostgresServer
+
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server.new_database()
+    finally:
+        server.stop()
+
+
+def fresh_store(url: str) -> Store:
+    store = Store(url)
+    store.migrate()
+    return store
+
+
+# -- 1. ingest ---------------------------------------------------------------------------------
+
+def bench_ingest(kind: str, contacts: int) -> None:
+    events = synthetic_events(contacts)
+    lines = [json.dumps(e.to_dict()) for e in events]
+    rows = [event_row(e, 0) for e in events]
+    batch = 5000
+    with database(kind) as url_raw, database(kind) if kind == "sqlite" else _same(url_raw) as url:
+        raw_store = fresh_store(url_raw)
+        t = time.perf_counter()
+        for i in range(0, len(rows), batch):
+            with raw_store.begin() as conn:
+                conn.execute(EVENTS.insert(), rows[i : i + batch])
+        raw = len(rows) / (time.perf_counter() - t)
+        raw_store.close()
+        store = fresh_store(url if kind == "sqlite" else url_raw.replace("/t", "/t", 1))
+        if kind != "sqlite":  # a second database on the same server
+            with store.begin() as conn:
+                conn.execute(EVENTS.delete())
+        monitor = Monitor(store, load_config(CONFIG), FixedClock(T0 + timedelta(days=2)))
+        monitor.load()
+        t = time.perf_counter()
+        for i in range(0, len(lines), batch):
+            parsed = [parse_line(x, None, {}, "bench") for x in lines[i : i + batch]]
+            last = i + batch >= len(lines)
+            monitor.apply_poll("bench", "jsonl", PollResult(
+                [e for e in parsed if isinstance(e, Event)], cursor=str(i),
+                watermark=T0 + timedelta(days=2) if last else None), 0.0)
+        full = len(lines) / (time.perf_counter() - t)
+        store.close()
+    ok = full / raw >= 0.5 and (kind != "sqlite" or full >= 20_000)
+    report(f"ingest {kind} ({len(lines):,} events)", f"{full:,.0f} events/s",
+           f"raw insert {raw:,.0f}/s", full / raw,
+           ">= 0.5 of raw" + (", >= 20k/s" if kind == "sqlite" else ""), ok)
+
+
+@contextmanager
+def _same(url: str) -> Iterator[str]:
+    yield url
+
+
+# -- open targets: memory, scrape, evaluation cost, detection delay -------------------------
+
+def fill_open_targets(store: Store, n: int, now: datetime) -> None:
+    """n open email contacts, each with one on-track first_reply target far from due."""
+    started = to_micros(now - timedelta(minutes=1))
+    due = to_micros(now + timedelta(days=30))
+    chunk = 20_000
+    for i in range(0, n, chunk):
+        contacts, targets = [], []
+        for j in range(i, min(n, i + chunk)):
+            queue = ("billing", "technical", "sales", "returns")[j % 4]
+            contacts.append({
+                "source": "filler", "conversation_id": f"f{j}", "channel": "email",
+                "queue": queue, "priority": "normal", "customer_id": f"fc{j}", "rule": "email",
+                "status": "open", "opened_us": started, "first_response_us": None,
+                "repeat_of_source": None, "repeat_of_conversation": None, "events": 1,
+                "next_wake_us": due, "awaiting_us": None})
+            targets.append({
+                "source": "filler", "conversation_id": f"f{j}", "target": "first_reply", "seq": 0,
+                "channel": "email", "queue": queue, "priority": "normal", "state": "on_track",
+                "outcome": None, "is_open": True, "started_us": started, "deadline_us": due,
+                "warn_us": None, "ended_us": None, "decided_us": None, "response_seconds": None})
+        with store.begin() as conn:
+            conn.execute(CONTACTS.insert(), contacts)
+            conn.execute(TARGETS.insert(), targets)
+
+
+class FakeAlertmanager:
+    """Records when each page arrives (loopback)."""
+
+    def __init__(self) -> None:
+        self.first_seen: dict[str, float] = {}
+        bench = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                now = time.time()
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                for alert in body:
+                    if alert["labels"]["alertname"] == "AcknowledgementLapsed":
+                        bench.first_seen.setdefault(alert["labels"]["contact"], now)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def probe_config(tmp: Path) -> Config:
+    text = CONFIG.read_text().replace("answer: {within: 20s, warn_before: 10s}", "answer: {within: 2s}")
+    path = tmp / "bench.yaml"
+    path.write_text(text.split("sources:")[0] + "sources: []\n")
+    return load_config(path)
+
+
+def bench_open_targets(sizes: list[int], probes: int) -> None:
+    scrape: dict[int, float] = {}
+    per_event: dict[int, float] = {}
+    memory: dict[int, float] = {}
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            config = probe_config(Path(tmp))
+            store = fresh_store(f"sqlite:///{tmp}/open.db")
+            now = datetime.now(UTC)
+            fill_open_targets(store, n, now)
+            gc.collect()
+            before = rss_bytes()
+            monitor = Monitor(store, config, SystemClock())
+            monitor.load()
+            gc.collect()
+            memory[n] = (rss_bytes() - before) / n
+            registry = CollectorRegistry()
+            registry.register(MonitorCollector(monitor))
+            times = []
+            for _ in range(15):
+                t = time.perf_counter()
+                generate_latest(registry)
+                times.append(time.perf_counter() - t)
+            scrape[n] = statistics.median(times)
+            # evaluation cost: new contacts arriving while n targets are open
+            batch = synthetic_events(2000, seed=n, start=now - timedelta(hours=3))
+            t = time.perf_counter()
+            for i in range(0, len(batch), 2500):
+                monitor.apply_poll("bench", "jsonl", PollResult(batch[i : i + 2500], cursor=str(i)), 0.0)
+            per_event[n] = (time.perf_counter() - t) / len(batch)
+            delays, metric_delays = detection_delay(store, config, monitor, probes)
+            d = sorted(delays)
+            report(f"breach detection delay, {n:,} open targets",
+                   f"p50 {pct(d, 50) * 1000:.0f} ms, p99 {pct(d, 99) * 1000:.0f} ms",
+                   f"on /metrics p99 {pct(sorted(metric_delays), 99) * 1000:.0f} ms", None,
+                   "p99 <= 1 s at 1M", pct(d, 99) <= 1.0 if n == max(sizes) else None)
+            store.close()
+            del monitor
+            gc.collect()
+    small, big = min(sizes), max(sizes)
+    report(f"evaluation cost per event, {big:,} vs {small:,} open",
+           f"{per_event[big] * 1e6:.0f} us at {big:,}", f"{per_event[small] * 1e6:.0f} us at {small:,}",
+           per_event[big] / per_event[small], "<= 1.5", per_event[big] / per_event[small] <= 1.5)
+    report(f"/metrics render, {big:,} vs {small:,} open", f"{scrape[big] * 1000:.1f} ms at {big:,}",
+           f"{scrape[small] * 1000:.1f} ms at {small:,}", scrape[big] / scrape[small],
+           "<= 50 ms at 1M, ratio <= 1.5",
+           scrape[big] <= 0.05 and scrape[big] / scrape[small] <= 1.5)
+    report(f"memory per open target ({big:,})", f"{memory[big]:,.0f} bytes",
+           f"{memory[small]:,.0f} bytes at {small:,}", None, "<= 1 KB", memory[big] <= 1024)
+
+
+def pct(values: list[float], p: float) -> float:
+    return values[min(len(values) - 1, max(0, round(p / 100 * len(values)) - 1))] if values else float("nan")
+
+
+def detection_delay(store: Store, config: Config, monitor: Monitor, probes: int) -> tuple[list[float], list[float]]:
+    """Calls whose 2 s answer deadlines fall due one after another; the source has been read
+    past them, so each breach is knowable at its deadline. Delay = page received - deadline."""
+    am = FakeAlertmanager()
+    publisher = AlertmanagerPublisher([am.url], monitor.clock, {}, resend_interval=60)
+    monitor.listeners = [publisher]
+    app = App(config, store, monitor.clock, monitor, {}, "127.0.0.1:0", alerts=None)
+    app.monitor.ready = True
+    app.scheduler.start()
+    monitor.on_wake_change = app.schedule_wake
+    publisher.start()
+    start = datetime.now(UTC) + timedelta(seconds=1)
+    deadlines: dict[str, datetime] = {}
+    events = []
+    for i in range(probes):
+        queued = start + timedelta(milliseconds=20 * i) - timedelta(seconds=2)
+        events.append(Event("probe", f"p{i}", f"call-{i}", EventKind.CALL_QUEUED, queued,
+                            Channel.PHONE, "support-line"))
+        deadlines[f"probe:call-{i}"] = queued + timedelta(seconds=2)
+    before = monitor.live.detection_delay.count
+    monitor.apply_poll("probe", "jsonl", PollResult(events, cursor="x",
+                                                     watermark=start + timedelta(hours=1)), 0.0)
+    limit = time.time() + 30 + probes * 0.02
+    while len(am.first_seen) < probes and time.time() < limit:
+        time.sleep(0.05)
+    publisher.stop()
+    app.scheduler.shutdown(wait=False)
+    am.server.shutdown()
+    delays = [am.first_seen[c] - d.timestamp() for c, d in deadlines.items() if c in am.first_seen]
+    h = monitor.live.detection_delay
+    metric = []  # the monitor's own histogram: reconstruct per-bucket upper bounds
+    running = 0
+    for bound, count in zip((*h.bounds, float("inf")), h.counts, strict=True):
+        metric += [bound] * count
+        running += count
+    metric = metric[before:] if len(metric) > before else metric
+    return delays, metric
+
+
+# -- 6. replay ---------------------------------------------------------------------------------
+
+def bench_replay(events_total: int) -> None:
+    contacts = events_total // 5
+    with tempfile.TemporaryDirectory() as tmp:
+        store = fresh_store(f"sqlite:///{tmp}/replay.db")
+        config = load_config(CONFIG)
+        chunk = 10_000
+        n = 0
+        for i in range(0, contacts, chunk):
+            evs = synthetic_events(min(chunk, contacts - i), seed=i, start=T0 + timedelta(days=i // 20_000))
+            rows = [event_row(e, 0) | {"conversation_id": f"{e.conversation_id}-{i}",
+                                       "event_id": f"{e.event_id}-{i}"} for e in evs]
+            with store.begin() as conn:
+                conn.execute(EVENTS.insert(), rows)
+            n += len(rows)
+        t = time.perf_counter()
+        with store.engine.connect() as conn:
+            read = sum(len(c) for c in store.iter_contacts(conn))
+        read_rate = read / (time.perf_counter() - t)
+        t = time.perf_counter()
+        summary = replay(store, config, T0 + timedelta(days=60))
+        rate = n / (time.perf_counter() - t)
+        store.close()
+    report(f"replay ({n:,} stored events)", f"{rate:,.0f} events/s",
+           f"read only {read_rate:,.0f}/s", rate / read_rate, ">= 100k events/s", rate >= 100_000)
+    del summary
+
+
+BENCHES: dict[str, Callable[[argparse.Namespace], None]] = {
+    "ingest": lambda a: [bench_ingest(k, a.ingest_contacts) for k in a.databases],  # type: ignore[func-returns-value]
+    "open": lambda a: bench_open_targets(a.sizes, a.probes),
+    "replay": lambda a: bench_replay(a.replay_events),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true", help="small sizes (a minute or two)")
+    p.add_argument("--only", default="ingest,open,replay")
+    p.add_argument("--no-postgres", action="store_true")
+    p.add_argument("--json", help="write results to this file")
+    args = p.parse_args()
+    args.databases = ["sqlite"] if args.no_postgres else ["sqlite", "postgresql"]
+    args.ingest_contacts = 4_000 if args.quick else 40_000
+    args.sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
+    args.probes = 50 if args.quick else 200
+    args.replay_events = 200_000 if args.quick else 2_000_000
+    print(f"sla-monitor benchmarks on {platform.machine()} {platform.processor() or ''}, "
+          f"{os.cpu_count()} cores, Python {platform.python_version()}", flush=True)
+    for name in args.only.split(","):
+        BENCHES[name](args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(RESULTS, indent=2))
+
+
+if __name__ == "__main__":
+    main()
