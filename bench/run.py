@@ -47,12 +47,25 @@ T0 = datetime(2026, 11, 2, 8, tzinfo=UTC)
 RESULTS: list[dict[str, Any]] = []
 
 
-def report(name: str, figure: str, baseline: str, ratio: float | None, goal: str, ok: bool | None) -> None:
+def report(
+    name: str, figure: str, baseline: str, ratio: float | None, goal: str, ok: bool | None
+) -> None:
     verdict = "" if ok is None else ("  GOAL MET" if ok else "  goal missed")
-    print(f"{name:<44} {figure:<26} baseline {baseline:<24} "
-          f"{'' if ratio is None else f'ratio {ratio:.2f}':<12} goal {goal}{verdict}", flush=True)
-    RESULTS.append({"name": name, "figure": figure, "baseline": baseline, "ratio": ratio,
-                    "goal": goal, "met": ok})
+    print(
+        f"{name:<44} {figure:<26} baseline {baseline:<24} "
+        f"{'' if ratio is None else f'ratio {ratio:.2f}':<12} goal {goal}{verdict}",
+        flush=True,
+    )
+    RESULTS.append(
+        {
+            "name": name,
+            "figure": figure,
+            "baseline": baseline,
+            "ratio": ratio,
+            "goal": goal,
+            "met": ok,
+        }
+    )
 
 
 def rss_bytes() -> int:
@@ -61,6 +74,7 @@ def rss_bytes() -> int:
 
 
 # -- data -------------------------------------------------------------------------------------
+
 
 def synthetic_events(contacts: int, seed: int = 7, start: datetime = T0) -> list[Event]:
     """A support desk's day: email threads (message, auto-reply, reply, follow-up, solve) and
@@ -82,15 +96,25 @@ def synthetic_events(contacts: int, seed: int = 7, start: datetime = T0) -> list
             reply = t + timedelta(minutes=rng.uniform(5, 90))
             add(EventKind.AGENT_REPLY, reply, Channel.EMAIL, q)
             add(EventKind.CUSTOMER_MESSAGE, reply + timedelta(minutes=30), Channel.EMAIL, q)
-            add(EventKind.STATUS_CHANGED, reply + timedelta(hours=2), Channel.EMAIL, q,
-                status=Status.SOLVED)
+            add(
+                EventKind.STATUS_CHANGED,
+                reply + timedelta(hours=2),
+                Channel.EMAIL,
+                q,
+                status=Status.SOLVED,
+            )
         else:
             q = "support-line"
             add(EventKind.CALL_QUEUED, t, Channel.PHONE, q)
             kind = EventKind.CALL_ANSWERED if rng.random() < 0.8 else EventKind.CALL_ABANDONED
             add(kind, t + timedelta(seconds=rng.uniform(2, 40)), Channel.PHONE, q)
-            add(EventKind.STATUS_CHANGED, t + timedelta(minutes=5), Channel.PHONE, q,
-                status=Status.CLOSED)
+            add(
+                EventKind.STATUS_CHANGED,
+                t + timedelta(minutes=5),
+                Channel.PHONE,
+                q,
+                status=Status.CLOSED,
+            )
     return out
 
 
@@ -121,6 +145,7 @@ def fresh_store(url: str) -> Store:
 
 # -- 1. ingest ---------------------------------------------------------------------------------
 
+
 def bench_ingest(kind: str, contacts: int) -> None:
     events = synthetic_events(contacts)
     lines = [json.dumps(e.to_dict()) for e in events]
@@ -144,15 +169,27 @@ def bench_ingest(kind: str, contacts: int) -> None:
         for i in range(0, len(lines), batch):
             parsed = [parse_line(x, None, {}, "bench") for x in lines[i : i + batch]]
             last = i + batch >= len(lines)
-            monitor.apply_poll("bench", "jsonl", PollResult(
-                [e for e in parsed if isinstance(e, Event)], cursor=str(i),
-                watermark=T0 + timedelta(days=2) if last else None), 0.0)
+            monitor.apply_poll(
+                "bench",
+                "jsonl",
+                PollResult(
+                    [e for e in parsed if isinstance(e, Event)],
+                    cursor=str(i),
+                    watermark=T0 + timedelta(days=2) if last else None,
+                ),
+                0.0,
+            )
         full = len(lines) / (time.perf_counter() - t)
         store.close()
     ok = full / raw >= 0.5 and (kind != "sqlite" or full >= 20_000)
-    report(f"ingest {kind} ({len(lines):,} events)", f"{full:,.0f} events/s",
-           f"raw insert {raw:,.0f}/s", full / raw,
-           ">= 0.5 of raw" + (", >= 20k/s" if kind == "sqlite" else ""), ok)
+    report(
+        f"ingest {kind} ({len(lines):,} events)",
+        f"{full:,.0f} events/s",
+        f"raw insert {raw:,.0f}/s",
+        full / raw,
+        ">= 0.5 of raw" + (", >= 20k/s" if kind == "sqlite" else ""),
+        ok,
+    )
 
 
 @contextmanager
@@ -161,6 +198,7 @@ def _same(url: str) -> Iterator[str]:
 
 
 # -- open targets: memory, scrape, evaluation cost, detection delay -------------------------
+
 
 def fill_open_targets(store: Store, n: int, now: datetime) -> None:
     """n open email contacts, each with one on-track first_reply target far from due."""
@@ -171,17 +209,45 @@ def fill_open_targets(store: Store, n: int, now: datetime) -> None:
         contacts, targets = [], []
         for j in range(i, min(n, i + chunk)):
             queue = ("billing", "technical", "sales", "returns")[j % 4]
-            contacts.append({
-                "source": "filler", "conversation_id": f"f{j}", "channel": "email",
-                "queue": queue, "priority": "normal", "customer_id": f"fc{j}", "rule": "email",
-                "status": "open", "opened_us": started, "first_response_us": None,
-                "repeat_of_source": None, "repeat_of_conversation": None, "events": 1,
-                "next_wake_us": due, "awaiting_us": None})
-            targets.append({
-                "source": "filler", "conversation_id": f"f{j}", "target": "first_reply", "seq": 0,
-                "channel": "email", "queue": queue, "priority": "normal", "state": "on_track",
-                "outcome": None, "is_open": True, "started_us": started, "deadline_us": due,
-                "warn_us": None, "ended_us": None, "decided_us": None, "response_seconds": None})
+            contacts.append(
+                {
+                    "source": "filler",
+                    "conversation_id": f"f{j}",
+                    "channel": "email",
+                    "queue": queue,
+                    "priority": "normal",
+                    "customer_id": f"fc{j}",
+                    "rule": "email",
+                    "status": "open",
+                    "opened_us": started,
+                    "first_response_us": None,
+                    "repeat_of_source": None,
+                    "repeat_of_conversation": None,
+                    "events": 1,
+                    "next_wake_us": due,
+                    "awaiting_us": None,
+                }
+            )
+            targets.append(
+                {
+                    "source": "filler",
+                    "conversation_id": f"f{j}",
+                    "target": "first_reply",
+                    "seq": 0,
+                    "channel": "email",
+                    "queue": queue,
+                    "priority": "normal",
+                    "state": "on_track",
+                    "outcome": None,
+                    "is_open": True,
+                    "started_us": started,
+                    "deadline_us": due,
+                    "warn_us": None,
+                    "ended_us": None,
+                    "decided_us": None,
+                    "response_seconds": None,
+                }
+            )
         with store.begin() as conn:
             conn.execute(CONTACTS.insert(), contacts)
             conn.execute(TARGETS.insert(), targets)
@@ -195,7 +261,7 @@ class FakeAlertmanager:
         bench = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 now = time.time()
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 for alert in body:
@@ -214,7 +280,9 @@ class FakeAlertmanager:
 
 
 def probe_config(tmp: Path) -> Config:
-    text = CONFIG.read_text().replace("answer: {within: 20s, warn_before: 10s}", "answer: {within: 2s}")
+    text = CONFIG.read_text().replace(
+        "answer: {within: 20s, warn_before: 10s}", "answer: {within: 2s}"
+    )
     path = tmp / "bench.yaml"
     path.write_text(text.split("sources:")[0] + "sources: []\n")
     return load_config(path)
@@ -248,34 +316,61 @@ def bench_open_targets(sizes: list[int], probes: int) -> None:
             batch = synthetic_events(2000, seed=n, start=now - timedelta(hours=3))
             t = time.perf_counter()
             for i in range(0, len(batch), 2500):
-                monitor.apply_poll("bench", "jsonl", PollResult(batch[i : i + 2500], cursor=str(i)), 0.0)
+                monitor.apply_poll(
+                    "bench", "jsonl", PollResult(batch[i : i + 2500], cursor=str(i)), 0.0
+                )
             per_event[n] = (time.perf_counter() - t) / len(batch)
             delays, metric_delays = detection_delay(store, config, monitor, probes)
             d = sorted(delays)
-            report(f"breach detection delay, {n:,} open targets",
-                   f"p50 {pct(d, 50) * 1000:.0f} ms, p99 {pct(d, 99) * 1000:.0f} ms",
-                   f"on /metrics p99 {pct(sorted(metric_delays), 99) * 1000:.0f} ms", None,
-                   "p99 <= 1 s at 1M", pct(d, 99) <= 1.0 if n == max(sizes) else None)
+            report(
+                f"breach detection delay, {n:,} open targets",
+                f"p50 {pct(d, 50) * 1000:.0f} ms, p99 {pct(d, 99) * 1000:.0f} ms",
+                f"on /metrics p99 {pct(sorted(metric_delays), 99) * 1000:.0f} ms",
+                None,
+                "p99 <= 1 s at 1M",
+                pct(d, 99) <= 1.0 if n == max(sizes) else None,
+            )
             store.close()
             del monitor
             gc.collect()
     small, big = min(sizes), max(sizes)
-    report(f"evaluation cost per event, {big:,} vs {small:,} open",
-           f"{per_event[big] * 1e6:.0f} us at {big:,}", f"{per_event[small] * 1e6:.0f} us at {small:,}",
-           per_event[big] / per_event[small], "<= 1.5", per_event[big] / per_event[small] <= 1.5)
-    report(f"/metrics render, {big:,} vs {small:,} open", f"{scrape[big] * 1000:.1f} ms at {big:,}",
-           f"{scrape[small] * 1000:.1f} ms at {small:,}", scrape[big] / scrape[small],
-           "<= 50 ms at 1M, ratio <= 1.5",
-           scrape[big] <= 0.05 and scrape[big] / scrape[small] <= 1.5)
-    report(f"memory per open target ({big:,})", f"{memory[big]:,.0f} bytes",
-           f"{memory[small]:,.0f} bytes at {small:,}", None, "<= 1 KB", memory[big] <= 1024)
+    report(
+        f"evaluation cost per event, {big:,} vs {small:,} open",
+        f"{per_event[big] * 1e6:.0f} us at {big:,}",
+        f"{per_event[small] * 1e6:.0f} us at {small:,}",
+        per_event[big] / per_event[small],
+        "<= 1.5",
+        per_event[big] / per_event[small] <= 1.5,
+    )
+    report(
+        f"/metrics render, {big:,} vs {small:,} open",
+        f"{scrape[big] * 1000:.1f} ms at {big:,}",
+        f"{scrape[small] * 1000:.1f} ms at {small:,}",
+        scrape[big] / scrape[small],
+        "<= 50 ms at 1M, ratio <= 1.5",
+        scrape[big] <= 0.05 and scrape[big] / scrape[small] <= 1.5,
+    )
+    report(
+        f"memory per open target ({big:,})",
+        f"{memory[big]:,.0f} bytes",
+        f"{memory[small]:,.0f} bytes at {small:,}",
+        None,
+        "<= 1 KB",
+        memory[big] <= 1024,
+    )
 
 
 def pct(values: list[float], p: float) -> float:
-    return values[min(len(values) - 1, max(0, round(p / 100 * len(values)) - 1))] if values else float("nan")
+    return (
+        values[min(len(values) - 1, max(0, round(p / 100 * len(values)) - 1))]
+        if values
+        else float("nan")
+    )
 
 
-def detection_delay(store: Store, config: Config, monitor: Monitor, probes: int) -> tuple[list[float], list[float]]:
+def detection_delay(
+    store: Store, config: Config, monitor: Monitor, probes: int
+) -> tuple[list[float], list[float]]:
     """Calls whose 2 s answer deadlines fall due one after another; the source has been read
     past them, so each breach is knowable at its deadline. Delay = page received - deadline."""
     am = FakeAlertmanager()
@@ -291,12 +386,22 @@ def detection_delay(store: Store, config: Config, monitor: Monitor, probes: int)
     events = []
     for i in range(probes):
         queued = start + timedelta(milliseconds=20 * i) - timedelta(seconds=2)
-        events.append(Event("probe", f"p{i}", f"call-{i}", EventKind.CALL_QUEUED, queued,
-                            Channel.PHONE, "support-line"))
+        events.append(
+            Event(
+                "probe",
+                f"p{i}",
+                f"call-{i}",
+                EventKind.CALL_QUEUED,
+                queued,
+                Channel.PHONE,
+                "support-line",
+            )
+        )
         deadlines[f"probe:call-{i}"] = queued + timedelta(seconds=2)
     before = monitor.live.detection_delay.count
-    monitor.apply_poll("probe", "jsonl", PollResult(events, cursor="x",
-                                                     watermark=start + timedelta(hours=1)), 0.0)
+    monitor.apply_poll(
+        "probe", "jsonl", PollResult(events, cursor="x", watermark=start + timedelta(hours=1)), 0.0
+    )
     limit = time.time() + 30 + probes * 0.02
     while len(am.first_seen) < probes and time.time() < limit:
         time.sleep(0.05)
@@ -316,6 +421,7 @@ def detection_delay(store: Store, config: Config, monitor: Monitor, probes: int)
 
 # -- 6. replay ---------------------------------------------------------------------------------
 
+
 def bench_replay(events_total: int) -> None:
     contacts = events_total // 5
     with tempfile.TemporaryDirectory() as tmp:
@@ -324,9 +430,14 @@ def bench_replay(events_total: int) -> None:
         chunk = 10_000
         n = 0
         for i in range(0, contacts, chunk):
-            evs = synthetic_events(min(chunk, contacts - i), seed=i, start=T0 + timedelta(days=i // 20_000))
-            rows = [event_row(e, 0) | {"conversation_id": f"{e.conversation_id}-{i}",
-                                       "event_id": f"{e.event_id}-{i}"} for e in evs]
+            evs = synthetic_events(
+                min(chunk, contacts - i), seed=i, start=T0 + timedelta(days=i // 20_000)
+            )
+            rows = [
+                event_row(e, 0)
+                | {"conversation_id": f"{e.conversation_id}-{i}", "event_id": f"{e.event_id}-{i}"}
+                for e in evs
+            ]
             with store.begin() as conn:
                 conn.execute(EVENTS.insert(), rows)
             n += len(rows)
@@ -338,8 +449,14 @@ def bench_replay(events_total: int) -> None:
         summary = replay(store, config, T0 + timedelta(days=60))
         rate = n / (time.perf_counter() - t)
         store.close()
-    report(f"replay ({n:,} stored events)", f"{rate:,.0f} events/s",
-           f"read only {read_rate:,.0f}/s", rate / read_rate, ">= 100k events/s", rate >= 100_000)
+    report(
+        f"replay ({n:,} stored events)",
+        f"{rate:,.0f} events/s",
+        f"read only {read_rate:,.0f}/s",
+        rate / read_rate,
+        ">= 100k events/s",
+        rate >= 100_000,
+    )
     del summary
 
 
@@ -362,8 +479,11 @@ def main() -> None:
     args.sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
     args.probes = 50 if args.quick else 200
     args.replay_events = 200_000 if args.quick else 2_000_000
-    print(f"sla-monitor benchmarks on {platform.machine()} {platform.processor() or ''}, "
-          f"{os.cpu_count()} cores, Python {platform.python_version()}", flush=True)
+    print(
+        f"sla-monitor benchmarks on {platform.machine()} {platform.processor() or ''}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}",
+        flush=True,
+    )
     for name in args.only.split(","):
         BENCHES[name](args)
     if args.json:

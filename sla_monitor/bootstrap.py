@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,8 +15,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
 
-from sla_monitor.adapters.store import Store
+from sla_monitor.adapters.store import ClusterStore, LeaseLost, Store
 from sla_monitor.config import Config, SourceConfig, load_config, parse_listen
+from sla_monitor.domain.timeutil import to_micros
 from sla_monitor.entrypoints.http import serve
 from sla_monitor.publishing.alertmanager import AlertmanagerPublisher
 from sla_monitor.publishing.metrics import MonitorCollector
@@ -25,6 +28,7 @@ from sla_monitor.sources.abc import AuthFailed, SourceError
 
 log = logging.getLogger(__name__)
 WAKE_JOB = "deadline-wake"
+SYNC_INTERVAL = 0.25  # seconds between the leader's reads of what other replicas stored
 MAX_BACKOFF = 300.0  # seconds; a failing source is retried at least this often
 AUTH_RETRY = 300.0
 
@@ -67,12 +71,19 @@ class App:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     polled: set[str] = field(default_factory=set)
     alerts: AlertmanagerPublisher | None = None
+    alert_urls: list[str] = field(default_factory=list)
+    cluster: ClusterStore | None = None
+    replica_id: str = ""
+    leader: bool = False
     _wake_at: datetime | None = None
     _wake_lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- jobs ----------------------------------------------------------------------------
 
     def poll(self, name: str) -> None:
+        owned = self.monitor.owned_sources
+        if owned is not None and name not in owned:
+            return  # another replica polls it
         source, cfg = self.sources[name]
         state = self.monitor.sources.get(name)
         started = time.perf_counter()
@@ -83,6 +94,11 @@ class App:
             return
         try:
             summary = self.monitor.apply_poll(name, cfg.kind, result, time.perf_counter() - started)
+        except LeaseLost:
+            log.warning("lost the lease of source %s; another replica polls it now", name)
+            if owned is not None:
+                owned.discard(name)
+            return
         except Exception:
             log.exception("storing the poll of source %s failed; it will be read again", name)
             self.monitor.poll_failed(name, cfg.kind, "store error", time.perf_counter() - started)
@@ -154,6 +170,8 @@ class App:
         with self._wake_lock:
             if at is None or at == self._wake_at or not self.scheduler.running:
                 return
+            if self.cluster is not None and not self.leader:
+                return
             self._wake_at = at
             self.scheduler.add_job(
                 self.wake,
@@ -167,12 +185,119 @@ class App:
 
     # -- life cycle ----------------------------------------------------------------------
 
-    def start(self) -> None:
-        self.monitor.load()
-        if self.alerts is not None:
+    # -- cluster mode ---------------------------------------------------------------------
+
+    def cluster_tick(self) -> None:
+        """Renew this replica's leases, take free ones up to a fair share, lead if free."""
+        assert self.cluster is not None
+        ttl = self.config.settings.cluster.lease_ttl
+        now_us = to_micros(datetime.now(UTC))
+        ttl_us = int(ttl.total_seconds() * 1_000_000)
+        owned = self.monitor.owned_sources
+        assert owned is not None
+        try:
             with self.store.begin() as conn:
-                self.alerts.load(self.store.alerting_targets(conn))  # re-send what is active
-            self.alerts.start()
+                self.cluster.heartbeat(conn, self.replica_id, now_us)
+                replicas = self.cluster.live_replicas(conn, now_us - ttl_us)
+                holders = self.cluster.holders(conn, now_us)
+            names = sorted(self.sources)
+            share = -(-len(names) // max(1, len(replicas)))  # ceil
+            index = replicas.index(self.replica_id) if self.replica_id in replicas else 0
+            rotated = names[index:] + names[:index]  # replicas prefer different sources
+            for name in rotated:
+                lease = f"source:{name}"
+                mine = holders.get(lease) == self.replica_id
+                if mine and len(owned) > share and name in owned:
+                    with self.store.begin() as conn:  # hand an extra source back
+                        self.cluster.release(conn, lease, self.replica_id)
+                    owned.discard(name)
+                    continue
+                if not mine and (lease in holders or len(owned) >= share):
+                    continue
+                with self.store.begin() as conn:
+                    got = self.cluster.try_lease(conn, lease, self.replica_id, now_us, ttl_us)
+                if got and name not in owned:
+                    self.monitor.adopt_source(name, self.sources[name][1].kind)
+                    owned.add(name)
+                    log.info("replica %s polls source %s", self.replica_id, name)
+                elif not got:
+                    owned.discard(name)
+            with self.store.begin() as conn:
+                lead = self.cluster.try_lease(conn, "leader", self.replica_id, now_us, ttl_us)
+        except Exception:
+            log.exception("cluster lease renewal failed")
+            return
+        if lead and not self.leader:
+            self._become_leader()
+        elif not lead and self.leader:
+            self._step_down()
+
+    def _become_leader(self) -> None:
+        log.info("replica %s leads: evaluating contacts, deadlines and alerts", self.replica_id)
+        self.monitor.reset_contacts()
+        self.monitor.load()
+        self.monitor.exports_contacts = True
+        self.leader = True
+        if self.alert_urls:
+            self.alerts = self._publisher()
+            self.monitor.listeners = [self.alerts]
+            self._start_alerts()
+        self.scheduler.add_job(
+            self._sync,
+            "interval",
+            seconds=SYNC_INTERVAL,
+            id="leader-sync",
+            replace_existing=True,
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
+        )
+        self.schedule_wake(self.monitor.next_wake())
+
+    def _step_down(self) -> None:
+        log.warning("replica %s is no longer the leader", self.replica_id)
+        self.leader = False
+        self.monitor.exports_contacts = False
+        if self.scheduler.get_job("leader-sync"):
+            self.scheduler.remove_job("leader-sync")
+        if self.alerts is not None:
+            self.alerts.stop()
+            self.alerts = None
+            self.monitor.listeners = []
+        self.monitor.reset_contacts()
+
+    def _sync(self) -> None:
+        try:
+            self.monitor.sync()
+        except LeaseLost:
+            self._step_down()
+        except Exception:
+            log.exception("leader sync failed")
+
+    def _publisher(self) -> AlertmanagerPublisher:
+        alerting = self.config.settings.alerting
+        return AlertmanagerPublisher(
+            self.alert_urls,
+            self.clock,
+            {s.name: s.contact_url for s in self.config.settings.sources},
+            alerting.resend_interval.total_seconds(),
+            alerting.timeout.total_seconds(),
+        )
+
+    def _start_alerts(self) -> None:
+        assert self.alerts is not None
+        with self.store.begin() as conn:
+            self.alerts.load(self.store.alerting_targets(conn))  # re-send what is active
+        self.alerts.start()
+
+    def start(self) -> None:
+        if self.cluster is not None:
+            self.monitor.owned_sources = set()
+            self.monitor.exports_contacts = False
+        else:
+            self.monitor.load()
+            if self.alerts is not None:
+                self._start_alerts()
         self.registry.register(MonitorCollector(self.monitor))
         self.registry.register(ProcessCollector(registry=None))
         host, port = parse_listen(self.listen)
@@ -192,7 +317,20 @@ class App:
                 misfire_grace_time=None,
             )
         self.monitor.on_wake_change = self.schedule_wake
-        self.schedule_wake(self.monitor.next_wake())
+        if self.cluster is not None:
+            self.monitor.ready = True
+            ttl = self.config.settings.cluster.lease_ttl.total_seconds()
+            self.scheduler.add_job(
+                self.cluster_tick,
+                "interval",
+                seconds=ttl / 3,
+                id="cluster-tick",
+                max_instances=1,
+                coalesce=True,
+                next_run_time=datetime.now(UTC),
+            )
+        else:
+            self.schedule_wake(self.monitor.next_wake())
 
     def healthy(self) -> bool:
         return bool(self.scheduler.running)
@@ -200,7 +338,10 @@ class App:
     def readiness(self) -> tuple[bool, str]:
         if not self.monitor.ready:
             return False, "loading state"
-        waiting = sorted(set(self.sources) - self.polled)
+        expected = set(self.sources)
+        if self.monitor.owned_sources is not None:  # cluster: the sources this replica polls
+            expected = set(self.monitor.owned_sources)
+        waiting = sorted(expected - self.polled)
         if waiting:
             return False, "first poll pending: " + ", ".join(waiting)
         return True, "ready"
@@ -208,6 +349,13 @@ class App:
     def stop(self) -> None:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        if self.cluster is not None:  # hand everything over at once, not after the ttl
+            try:
+                with self.store.begin() as conn:
+                    for lease in ["leader", *(f"source:{n}" for n in self.sources)]:
+                        self.cluster.release(conn, lease, self.replica_id)
+            except Exception:
+                log.exception("releasing leases failed; they expire by themselves")
         if self.http is not None:
             self.http.shutdown()
             self.http.server_close()
@@ -238,11 +386,28 @@ def build_app(
             alerting.resend_interval.total_seconds(),
             alerting.timeout.total_seconds(),
         )
+    cluster_cfg = config.settings.cluster
+    cluster = ClusterStore(store) if cluster_cfg.enabled else None
+    if cluster is not None and alerts is not None:
+        alerts = None  # the leader creates its publisher when it takes over
     monitor = Monitor(store, config, clock, [alerts] if alerts else [])
+    replica_id = cluster_cfg.replica_id or f"{socket.gethostname()}:{os.getpid()}"
+    if cluster is not None:
+        monitor.cluster = cluster
+        monitor.replica_id = replica_id
     sources: dict[str, tuple[Source, SourceConfig]] = {}
     for cfg in config.settings.sources:
         sources[cfg.name] = (build_source(cfg), cfg)
         monitor.declare(cfg.name, cfg.kind, cfg.channel.value if cfg.channel else None, cfg.queues)
     return App(
-        config, store, clock, monitor, sources, listen or config.settings.listen, alerts=alerts
+        config,
+        store,
+        clock,
+        monitor,
+        sources,
+        listen or config.settings.listen,
+        alerts=alerts,
+        alert_urls=urls,
+        cluster=cluster,
+        replica_id=replica_id,
     )

@@ -270,10 +270,24 @@ class AlertingConfig(_Model):
         return v
 
 
+class ClusterConfig(_Model):
+    """Several replicas on one PostgreSQL (docs/scaling.md)."""
+
+    enabled: bool = False
+    replica_id: str | None = None  # default: host name and process id
+    lease_ttl: timedelta = timedelta(seconds=10)  # a dead replica's work moves within this
+
+    @field_validator("lease_ttl", mode="before")
+    @classmethod
+    def _ttl(cls, v: Any) -> timedelta:
+        return _duration(v)
+
+
 class Settings(_Model):
     database: DatabaseConfig | str = DatabaseConfig()
     listen: str = DEFAULT_LISTEN
     alerting: AlertingConfig = AlertingConfig()
+    cluster: ClusterConfig = ClusterConfig()
     calendars: dict[str, CalendarConfig] = {}
     policy: PolicyConfig
     sources: list[SourceConfig] = []

@@ -106,3 +106,30 @@ class RejectedRow(Base):
     detail: Mapped[str] = mapped_column(Text)
     payload: Mapped[str] = mapped_column(Text)
     rejected_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class LeaseRow(Base):
+    """Who does what among replicas: `source:<name>` (polling) and `leader` (evaluation,
+    deadlines, contact metrics, alerts). A lease not renewed by `expires_us` is free."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(250), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class ReplicaRow(Base):
+    __tablename__ = "replicas"
+    replica_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    seen_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class DirtyContactRow(Base):
+    """Contacts with new events, stored by a polling replica for the leader to evaluate."""
+
+    __tablename__ = "dirty_contacts"
+    source: Mapped[str] = mapped_column(String(200), primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(String(500), primary_key=True)
+    # bumped by each poll that touches the contact again, so the leader only clears the
+    # mark for the version it evaluated (events stored meanwhile are never skipped)
+    version: Mapped[int] = mapped_column(BigInteger)

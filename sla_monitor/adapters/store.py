@@ -31,9 +31,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from sla_monitor.adapters.orm import (
     ContactRow,
+    DirtyContactRow,
     EventRow,
+    LeaseRow,
     PollCountRow,
     RejectedRow,
+    ReplicaRow,
     SourceStateRow,
     TargetRow,
 )
@@ -48,6 +51,9 @@ TARGETS = cast(Table, TargetRow.__table__)
 SOURCES = cast(Table, SourceStateRow.__table__)
 POLLS = cast(Table, PollCountRow.__table__)
 REJECTED = cast(Table, RejectedRow.__table__)
+LEASES = cast(Table, LeaseRow.__table__)
+REPLICAS = cast(Table, ReplicaRow.__table__)
+DIRTY = cast(Table, DirtyContactRow.__table__)
 
 NO_PRIORITY = "none"  # label for contacts whose source gives no priority
 
@@ -543,6 +549,104 @@ class Store:
     def rejected(self, conn: Connection, limit: int = 100) -> list[Any]:
         q = select(REJECTED).order_by(REJECTED.c.id.desc()).limit(limit)
         return list(conn.execute(q))
+
+
+class LeaseLost(Exception):
+    """This replica no longer holds the lease it acted under: its work is rolled back."""
+
+
+class ClusterStore:
+    """Leases, replica heartbeats and the queue of contacts to evaluate (several replicas
+    sharing one PostgreSQL; works on SQLite too, for one process)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def try_lease(self, conn: Connection, name: str, holder: str, now_us: int, ttl_us: int) -> bool:
+        """Take or renew a lease; True if `holder` has it until now + ttl."""
+        stmt = self.store._insert(LEASES).values(
+            name=name, holder=holder, expires_us=now_us + ttl_us
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["name"],
+            set_={"holder": holder, "expires_us": now_us + ttl_us},
+            where=(LEASES.c.holder == holder) | (LEASES.c.expires_us < now_us),
+        ).returning(LEASES.c.holder)
+        return conn.execute(stmt).first() is not None
+
+    def release(self, conn: Connection, name: str, holder: str) -> None:
+        conn.execute(delete(LEASES).where(LEASES.c.name == name, LEASES.c.holder == holder))
+
+    def fence(self, conn: Connection, name: str, holder: str, now_us: int) -> None:
+        """Inside a transaction: fail unless `holder` still holds the lease (row locked on
+        PostgreSQL, so it cannot change hands before this transaction commits)."""
+        q = select(LEASES.c.holder, LEASES.c.expires_us).where(LEASES.c.name == name)
+        if self.store.dialect == "postgresql":
+            q = q.with_for_update()
+        row = conn.execute(q).first()
+        if row is None or row[0] != holder or row[1] < now_us:
+            raise LeaseLost(name)
+
+    def heartbeat(self, conn: Connection, replica: str, now_us: int) -> None:
+        stmt = self.store._insert(REPLICAS).values(replica_id=replica, seen_us=now_us)
+        conn.execute(
+            stmt.on_conflict_do_update(index_elements=["replica_id"], set_={"seen_us": now_us})
+        )
+
+    def live_replicas(self, conn: Connection, since_us: int) -> list[str]:
+        q = select(REPLICAS.c.replica_id).where(REPLICAS.c.seen_us >= since_us)
+        return sorted(r[0] for r in conn.execute(q))
+
+    def holders(self, conn: Connection, now_us: int) -> dict[str, str]:
+        q = select(LEASES.c.name, LEASES.c.holder).where(LEASES.c.expires_us >= now_us)
+        return {r[0]: r[1] for r in conn.execute(q)}
+
+    def mark_dirty(self, conn: Connection, keys: Iterable[ContactKey]) -> None:
+        rows = [{"source": k[0], "conversation_id": k[1], "version": 1} for k in set(keys)]
+        if not rows:
+            return
+        stmt = self.store._insert(DIRTY)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["source", "conversation_id"],
+            set_={"version": DIRTY.c.version + 1},
+        )
+        for i in range(0, len(rows), 5000):
+            conn.execute(stmt, rows[i : i + 5000])
+
+    def dirty(self, conn: Connection, limit: int) -> dict[ContactKey, int]:
+        q = select(DIRTY.c.source, DIRTY.c.conversation_id, DIRTY.c.version).limit(limit)
+        return {(r[0], r[1]): int(r[2]) for r in conn.execute(q)}
+
+    def clear_dirty(self, conn: Connection, seen: dict[ContactKey, int]) -> None:
+        if not seen:
+            return
+        stmt = delete(DIRTY).where(
+            DIRTY.c.source == bindparam("s"),
+            DIRTY.c.conversation_id == bindparam("c"),
+            DIRTY.c.version == bindparam("v"),
+        )
+        conn.execute(stmt, [{"s": k[0], "c": k[1], "v": v} for k, v in seen.items()])
+
+    def source_counts(
+        self, conn: Connection, source: str
+    ) -> dict[str, list[tuple[tuple[str, ...], int]]]:
+        """A source's counters, for the replica that takes it over."""
+        ing = (
+            select(EVENTS.c.kind, func.count())
+            .where(EVENTS.c.source == source)
+            .group_by(EVENTS.c.kind)
+        )
+        rej = (
+            select(REJECTED.c.reason, func.count())
+            .where(REJECTED.c.source == source)
+            .group_by(REJECTED.c.reason)
+        )
+        pol = select(POLLS.c.result, POLLS.c.count).where(POLLS.c.source == source)
+        return {
+            "ingested": [((source, r[0]), int(r[1])) for r in conn.execute(ing)],
+            "rejected": [((source, r[0]), int(r[1])) for r in conn.execute(rej)],
+            "polls": [((source, r[0]), int(r[1])) for r in conn.execute(pol)],
+        }
 
 
 def _by_contact(table: Table, keys: Iterable[ContactKey], chunk: int = 900) -> Iterator[Any]:

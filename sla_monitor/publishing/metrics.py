@@ -5,6 +5,7 @@ labels, and a scrape cost that does not grow with the number of open contacts)."
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -28,6 +29,19 @@ class MonitorCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         snap = self.monitor.snapshot()
+        owned = self.monitor.owned_sources
+        if owned is not None:  # cluster mode: only the sources this replica polls
+            snap["sources"] = {k: v for k, v in snap["sources"].items() if k in owned}
+            for key in ("polls", "ingested", "rejected"):
+                snap[key] = {k: v for k, v in snap[key].items() if k[0] in owned}
+        if self.monitor.exports_contacts:
+            yield from self._contacts(snap)
+        yield from self._sources(snap)
+        info = GaugeMetricFamily("sla_build_info", "Build information.", labels=["version"])
+        info.add_metric([__version__], 1.0)
+        yield info
+
+    def _contacts(self, snap: dict[str, Any]) -> Iterator[Metric]:
         policy = self.monitor.policy
 
         opened = CounterMetricFamily(
@@ -92,6 +106,15 @@ class MonitorCollector(Collector):
             repeats.add_metric([ch, q], n)
         yield repeats
 
+        delay = HistogramMetricFamily(
+            "sla_breach_detection_delay_seconds",
+            "From the moment a breach was knowable to the moment the monitor published it.",
+        )
+        buckets, total = snap["delay"]
+        delay.add_metric([], buckets, total)
+        yield delay
+
+    def _sources(self, snap: dict[str, Any]) -> Iterator[Metric]:
         up = GaugeMetricFamily("sla_source_up", "1 if the last poll succeeded.", labels=["source"])
         last = GaugeMetricFamily(
             "sla_source_last_success_timestamp_seconds",
@@ -139,15 +162,3 @@ class MonitorCollector(Collector):
         for (s, r), n in sorted(snap["rejected"].items()):
             rejected.add_metric([s, r], n)
         yield rejected
-
-        delay = HistogramMetricFamily(
-            "sla_breach_detection_delay_seconds",
-            "From the moment a breach was knowable to the moment the monitor published it.",
-        )
-        buckets, total = snap["delay"]
-        delay.add_metric([], buckets, total)
-        yield delay
-
-        info = GaugeMetricFamily("sla_build_info", "Build information.", labels=["version"])
-        info.add_metric([__version__], 1.0)
-        yield info

@@ -12,12 +12,12 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy import Connection
 
-from sla_monitor.adapters.store import NO_PRIORITY, SourceState, Store
+from sla_monitor.adapters.store import NO_PRIORITY, ClusterStore, SourceState, Store
 from sla_monitor.config import Config
 from sla_monitor.domain.engine import (
     ContactEvaluation,
@@ -96,6 +96,12 @@ class Monitor:
         self.started_at = clock.now()
         self.ready = False
         self.on_wake_change: Callable[[datetime | None], None] | None = None
+        # cluster mode (docs/scaling.md): polls only store events and mark their contacts;
+        # the leader evaluates. None: one process does everything inline.
+        self.cluster: ClusterStore | None = None
+        self.replica_id = ""
+        self.exports_contacts = True  # the leader's (or the only process's) metrics
+        self.owned_sources: set[str] | None = None  # sources whose metrics this replica exports
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -234,7 +240,15 @@ class Monitor:
                 if advanced:
                     assert state.watermark is not None
                     keys |= self._released(source, to_micros(state.watermark))
-                evaluated = self._evaluate(conn, keys, now, new)
+                if self.cluster is not None and poll_result:
+                    # fenced: a replica that lost the source's lease stores nothing
+                    self.cluster.fence(
+                        conn, f"source:{source}", self.replica_id, to_micros(datetime.now(UTC))
+                    )
+                    self.cluster.mark_dirty(conn, keys)
+                    evaluated = 0
+                else:
+                    evaluated = self._evaluate(conn, keys, now, new)
         except Exception:
             # nothing was stored: keep the old cursor so the next poll reads the same items
             if previous is not None:
@@ -254,6 +268,73 @@ class Monitor:
             live.polls[(source, poll_result)] += 1
         self._notify_wake()
         return IngestSummary(len(events), len(new), len(rejected), evaluated)
+
+    # -- cluster mode ---------------------------------------------------------------------
+
+    def reset_contacts(self) -> None:
+        """Forget contact state (a replica that is not, or no longer, the leader)."""
+        with self.lock:
+            live = self.live
+            live.open.clear()
+            live.open_counts.clear()
+            live._oldest.clear()
+            live.outcomes.clear()
+            live.opened.clear()
+            live.repeats.clear()
+            live.responses.clear()
+            self._wake_heap.clear()
+            self._wake_at.clear()
+            self._awaiting.clear()
+
+    def adopt_source(self, source: str, kind: str) -> None:
+        """This replica now polls `source`: resume from its stored cursor and counters."""
+        assert self.cluster is not None
+        with self.lock, self.store.begin() as conn:
+            state = self.store.load_sources(conn).get(source) or SourceState(source, kind)
+            counts = self.cluster.source_counts(conn, source)
+        self.sources[source] = state
+        live = self.live
+        for counter, name in (
+            (live.ingested, "ingested"),
+            (live.rejected, "rejected"),
+            (live.polls, "polls"),
+        ):
+            for key in [k for k in counter if k[0] == source]:
+                del counter[key]
+            for key, n in counts[name]:
+                counter[key] = n
+        health = live.sources.setdefault(source, SourceHealth(source, kind))
+        health.watermark, health.last_success = state.watermark, state.last_success
+
+    def sync(self) -> int:
+        """The leader's loop: evaluate contacts other replicas stored events for, and those
+        a source's advanced watermark makes judgeable (one fenced transaction)."""
+        assert self.cluster is not None
+        with self.lock:
+            now = self.clock.now()
+            with self.store.begin() as conn:
+                self.cluster.fence(conn, "leader", self.replica_id, to_micros(datetime.now(UTC)))
+                keys: set[ContactKey] = set()
+                for name, stored in self.store.load_sources(conn).items():
+                    mine = self.sources.get(name)
+                    if stored.watermark is None:
+                        continue
+                    if mine is None or mine.watermark is None or stored.watermark > mine.watermark:
+                        health = self.live.sources.setdefault(name, SourceHealth(name, stored.kind))
+                        health.previous_watermark = health.watermark
+                        health.watermark_advanced_at = now
+                        health.watermark = stored.watermark
+                        if mine is None:
+                            self.sources[name] = stored
+                        else:
+                            mine.watermark = stored.watermark
+                        keys |= self._released(name, to_micros(stored.watermark))
+                seen = self.cluster.dirty(conn, 5000)
+                keys |= set(seen)
+                done = self._evaluate(conn, keys, now)
+                self.cluster.clear_dirty(conn, seen)
+            self._notify_wake()
+            return done
 
     def _released(self, source: str, watermark_us: int) -> set[ContactKey]:
         heap = self._awaiting.get(source, [])
@@ -331,9 +412,10 @@ class Monitor:
         store, live = self.store, self.live
         old_contacts = store.contacts_for(conn, ordered)
         known = [k for k in ordered if k in old_contacts]
-        events = store.events_for(conn, known)
+        covered = {e.contact_key for e in new_events} - old_contacts.keys()
+        events = store.events_for(conn, [k for k in ordered if k not in covered])
         for e in new_events:
-            if e.contact_key not in old_contacts:
+            if e.contact_key in covered:
                 events.setdefault(e.contact_key, []).append(e)
         old_targets = store.targets_for(conn, known)
         evaluations = [
