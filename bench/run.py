@@ -86,7 +86,15 @@ def synthetic_events(contacts: int, seed: int = 7, start: datetime = T0) -> list
         cust = f"cust-{rng.randrange(max(contacts * 2 // 3, 1))}"
         conv = f"c{i}"
 
-        def add(kind: EventKind, at: datetime, ch: Channel, q: str, **kw: Any) -> None:
+        def add(
+            kind: EventKind,
+            at: datetime,
+            ch: Channel,
+            q: str,
+            conv: str = conv,
+            cust: str = cust,
+            **kw: Any,
+        ) -> None:
             out.append(Event("bench", f"{conv}-{len(out)}", conv, kind, at, ch, q, cust, **kw))
 
         if rng.random() < 0.7:

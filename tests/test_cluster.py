@@ -114,7 +114,8 @@ def test_three_replicas_survive_a_sigkill(postgres: PostgresServer, tmp_path: Pa
         SHIPPED_CONFIG.read_text()
         .replace("answer: {within: 20s, warn_before: 10s}", "answer: {within: 2s}")
         .split("sources:")[0]
-        + f"cluster: {{enabled: true, lease_ttl: 3s}}\nalerting: {{alertmanager_urls: [{am.url}]}}\n"
+        + "cluster: {enabled: true, lease_ttl: 3s}\n"
+        + f"alerting: {{alertmanager_urls: [{am.url}]}}\n"
         + "sources:\n"
         + sources
     )
