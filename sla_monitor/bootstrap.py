@@ -286,6 +286,7 @@ class App:
 
     def _start_alerts(self) -> None:
         assert self.alerts is not None
+        self.alerts.commit_lock = self.monitor.lock
         with self.store.begin() as conn:
             self.alerts.load(self.store.alerting_targets(conn))  # re-send what is active
         self.alerts.start()

@@ -213,3 +213,61 @@ def test_after_a_restart_the_active_pages_are_sent_again(tmp_path: Path) -> None
             second.stop()
     finally:
         am.cleanup()
+
+
+def test_a_page_goes_out_only_once_its_contact_is_stored(
+    tmp_path: Path, alertmanager: Alertmanager
+) -> None:
+    """Whoever follows the page's link finds the contact: the page is not sent while the
+    transaction that breached it is still open."""
+    import json as _json
+
+    from sla_monitor.bootstrap import build_app
+    from sla_monitor.domain.timeutil import iso
+
+    from .conftest import SHIPPED_CONFIG, free_port
+
+    now = datetime.now(UTC)
+    events = tmp_path / "calls.jsonl"
+    row = {
+        "event_id": "q1",
+        "conversation_id": "call-9",
+        "kind": "call_queued",
+        "occurred_at": iso(now - timedelta(minutes=2)),
+        "channel": "phone",
+        "queue": "support-line",
+    }
+    events.write_text(_json.dumps(row) + "\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        SHIPPED_CONFIG.read_text().split("sources:")[0]
+        + f"sources:\n  - name: pbx\n    kind: jsonl\n    interval: 1h\n"
+        f"    options: {{path: {events}}}\n"
+    )
+    app = build_app(
+        str(config),
+        f"sqlite:///{tmp_path / 'db.sqlite'}",
+        f"127.0.0.1:{free_port()}",
+        [alertmanager.url],
+    )
+    seen_before_commit: list[bool] = []
+
+    class Straggler:
+        """A listener that holds the breaching transaction open for a while, watching
+        whether the page escapes before the commit."""
+
+        def target_changed(self, *_: object) -> None:
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline and not lapsed(alertmanager):
+                time.sleep(0.05)
+            seen_before_commit.append(bool(lapsed(alertmanager)))
+
+    app.monitor.listeners.append(Straggler())
+    app.start()
+    try:
+        wait_for(lambda: len(lapsed(alertmanager)) == 1)
+        assert seen_before_commit and not any(seen_before_commit)
+        with app.store.begin() as conn:
+            assert ("pbx", "call-9") in app.store.contacts_for(conn, [("pbx", "call-9")])
+    finally:
+        app.stop()

@@ -111,20 +111,25 @@ _EVENT_COLUMNS = (
 )
 
 
+_KINDS = {k.value: k for k in EventKind}  # dict lookups: Enum(value) is slow on hot paths
+_CHANNELS = {c.value: c for c in Channel}
+_STATUSES = {s.value: s for s in Status}
+
+
 def _row_event(r: Sequence[Any]) -> Event:
     return Event(
         source=r[0],
         event_id=r[1],
         conversation_id=r[2],
-        kind=EventKind(r[3]),
+        kind=_KINDS[r[3]],
         occurred_at=from_micros(r[4]),
-        channel=Channel(r[5]),
+        channel=_CHANNELS[r[5]],
         queue=r[6],
         customer_id=r[7],
         priority=r[8],
         tier=r[9],
         tags=frozenset(json.loads(r[10])) if r[10] else frozenset(),
-        status=Status(r[11]) if r[11] else None,
+        status=_STATUSES[r[11]] if r[11] else None,
         reason=r[12],
     )
 

@@ -211,13 +211,15 @@ class BusinessCalendar:
             return cursor
         remaining = duration
         limit = cursor + _HORIZON
+        chunk = timedelta(days=2)  # most deadlines fall within days: look near first
         while cursor < limit:
-            chunk_end = cursor + _CHUNK
+            chunk_end = cursor + chunk
             for s, e in self.open_intervals(cursor, chunk_end):
                 if e - s >= remaining:
                     return s + remaining
                 remaining -= e - s
             cursor = chunk_end
+            chunk = min(chunk * 2, _CHUNK)
         raise CalendarError(
             f"calendar {self.name!r} has not enough open time within 10 years after {start}"
         )

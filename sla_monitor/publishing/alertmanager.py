@@ -12,6 +12,7 @@ restart the active set is rebuilt from the store and re-sent.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterable, Sequence
@@ -98,6 +99,9 @@ class AlertmanagerPublisher:
         self._stop = False
         self._thread: threading.Thread | None = None
         self.sent_batches = 0
+        # held by the monitor while it evaluates and commits: taking it before a snapshot
+        # means a page never goes out for a contact the store does not have yet
+        self.commit_lock: threading.RLock | None = None
 
     # -- what should be active (called under the monitor's lock: no I/O here) ----------------
 
@@ -215,7 +219,7 @@ class AlertmanagerPublisher:
     def flush(self) -> bool:
         """Post the active set and pending resolutions to every Alertmanager; True if all
         accepted them."""
-        with self._cond:
+        with self.commit_lock or contextlib.nullcontext(), self._cond:
             active = [self._payload(k, f) for k, f in self.active.items()]
             resolved = {u: dict(v) for u, v in self.resolved.items()}
             self._dirty = False
