@@ -28,7 +28,16 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from sla_monitor.adapters.store import CONTACTS, EVENTS, TARGETS, Store, event_row
+from sla_monitor.adapters.store import (
+    CONTACTS,
+    EVENT_ROW_COLUMNS,
+    EVENTS,
+    TARGETS,
+    Store,
+    event_row,
+    event_tuple,
+    insert_rows,
+)
 from sla_monitor.bootstrap import App
 from sla_monitor.config import Config, load_config
 from sla_monitor.domain.events import Channel, Event, EventKind, Status
@@ -127,10 +136,12 @@ def synthetic_events(contacts: int, seed: int = 7, start: datetime = T0) -> list
 
 
 @contextmanager
-def database(kind: str) -> Iterator[str]:
+def databases(kind: str, n: int = 1) -> Iterator[list[str]]:
+    """`n` empty databases: SQLite files, or databases on one PostgreSQL server started
+    for the run (like the tests do)."""
     if kind == "sqlite":
         with tempfile.TemporaryDirectory() as tmp:
-            yield f"sqlite:///{tmp}/bench.db"
+            yield [f"sqlite:///{tmp}/bench{i}.db" for i in range(n)]
         return
     import sys
 
@@ -140,7 +151,7 @@ def database(kind: str) -> Iterator[str]:
     server = PostgresServer()
     server.start()
     try:
-        yield server.new_database()
+        yield [server.new_database() for _ in range(n)]
     finally:
         server.stop()
 
@@ -157,20 +168,17 @@ def fresh_store(url: str) -> Store:
 def bench_ingest(kind: str, contacts: int) -> None:
     events = synthetic_events(contacts)
     lines = [json.dumps(e.to_dict()) for e in events]
-    rows = [event_row(e, 0) for e in events]
+    rows = [event_tuple(e, 0) for e in events]
     batch = 5000
-    with database(kind) as url_raw, database(kind) if kind == "sqlite" else _same(url_raw) as url:
+    with databases(kind, 2) as (url_raw, url):
         raw_store = fresh_store(url_raw)
         t = time.perf_counter()
         for i in range(0, len(rows), batch):
-            with raw_store.begin() as conn:
-                conn.execute(EVENTS.insert(), rows[i : i + batch])
+            with raw_store.begin() as conn:  # the same bulk insert ingest uses
+                insert_rows(conn, EVENTS, EVENT_ROW_COLUMNS, rows[i : i + batch])
         raw = len(rows) / (time.perf_counter() - t)
         raw_store.close()
-        store = fresh_store(url if kind == "sqlite" else url_raw.replace("/t", "/t", 1))
-        if kind != "sqlite":  # a second database on the same server
-            with store.begin() as conn:
-                conn.execute(EVENTS.delete())
+        store = fresh_store(url)
         monitor = Monitor(store, load_config(CONFIG), FixedClock(T0 + timedelta(days=2)))
         monitor.load()
         t = time.perf_counter()
@@ -198,11 +206,6 @@ def bench_ingest(kind: str, contacts: int) -> None:
         ">= 0.5 of raw" + (", >= 20k/s" if kind == "sqlite" else ""),
         ok,
     )
-
-
-@contextmanager
-def _same(url: str) -> Iterator[str]:
-    yield url
 
 
 # -- open targets: memory, scrape, evaluation cost, detection delay -------------------------

@@ -183,3 +183,23 @@ def test_between_is_additive(a: datetime, b: datetime, c: datetime) -> None:
     a, b, c = sorted((a, b, c))
     assert _CAL.between(a, c) == _CAL.between(a, b) + _CAL.between(b, c)
     assert _CAL.between(c, a) == -_CAL.between(a, c)
+
+
+_HOURS = {**weekdays(9, 17), 5: [DailyHours(8 * H, 12 * H), DailyHours(13 * H, 15 * H)]}
+_DAYWISE = BusinessCalendar("d", "America/Los_Angeles", _HOURS, holiday_country="US")
+# the same open time, but a (long past) break sends it down the general, merging path
+_MERGING = BusinessCalendar(
+    "m",
+    "America/Los_Angeles",
+    _HOURS,
+    holiday_country="US",
+    breaks=[(datetime(2000, 1, 1, tzinfo=UTC), datetime(2000, 1, 2, tzinfo=UTC))],
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_instants, st.integers(1, 400 * 3600))
+def test_day_by_day_deadlines_agree_with_merged_intervals(start: datetime, seconds: int) -> None:
+    """The fast path for calendars whose days never overlap gives the same deadlines."""
+    d = timedelta(seconds=seconds)
+    assert _DAYWISE.add(start, d) == _MERGING.add(start, d)

@@ -9,6 +9,7 @@ spring-forward date and 25 h on the fall-back date, as the wall clock says.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -144,6 +145,18 @@ class BusinessCalendar:
         if not any(self.weekly.values()) and not self.extra_shifts:
             raise CalendarError(f"calendar {name!r} has no open hours")
         self._day_cache: dict[date, tuple[Interval, ...]] = {}
+        # Days that never overlap (no hours past midnight, no breaks or shifts) can be
+        # walked one by one without merging: deadlines are computed for every event.
+        self._days_disjoint = (
+            not self.breaks
+            and not self.extra_shifts
+            and all(
+                hours[-1].end <= 86400
+                and all(a.end <= b.start for a, b in itertools.pairwise(hours))
+                for hours in self.weekly.values()
+                if hours
+            )
+        )
 
     # -- building blocks ---------------------------------------------------------------
 
@@ -209,6 +222,8 @@ class BusinessCalendar:
         cursor = start.astimezone(UTC)
         if duration == _ZERO:
             return cursor
+        if self._days_disjoint:
+            return self._add_by_days(cursor, duration, start)
         remaining = duration
         limit = cursor + _HORIZON
         chunk = timedelta(days=2)  # most deadlines fall within days: look near first
@@ -220,6 +235,23 @@ class BusinessCalendar:
                 remaining -= e - s
             cursor = chunk_end
             chunk = min(chunk * 2, _CHUNK)
+        raise CalendarError(
+            f"calendar {self.name!r} has not enough open time within 10 years after {start}"
+        )
+
+    def _add_by_days(self, cursor: datetime, remaining: timedelta, start: datetime) -> datetime:
+        day = cursor.astimezone(self.tz).date()
+        last = day + _HORIZON
+        while day <= last:
+            for s, e in self._day_intervals(day):
+                if e <= cursor:
+                    continue
+                if s < cursor:
+                    s = cursor
+                if e - s >= remaining:
+                    return s + remaining
+                remaining -= e - s
+            day += _DAY
         raise CalendarError(
             f"calendar {self.name!r} has not enough open time within 10 years after {start}"
         )

@@ -73,8 +73,7 @@ def replay(
                 batch.clear()
         store.save_evaluations(conn, batch, replace=False)
         links = find_repeats(summaries, config.policy.repeat_window)
-        for key, link in links.items():
-            store.set_repeat(conn, key, link)
+        store.set_repeats(conn, dict(links))
     return ReplaySummary(len(summaries), targets, len(links))
 
 
