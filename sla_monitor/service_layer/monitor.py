@@ -259,6 +259,7 @@ class Monitor:
                 previous_health
             )
             raise
+        self.store.wrote(len(new))
         for e in new:
             live.ingested[(e.source, e.kind.value)] += 1
         for r in rejected:
@@ -333,6 +334,7 @@ class Monitor:
                 keys |= set(seen)
                 done = self._evaluate(conn, keys, now)
                 self.cluster.clear_dirty(conn, seen)
+            self.store.wrote(done)
             self._notify_wake()
             return done
 
