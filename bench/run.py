@@ -386,6 +386,7 @@ def detection_delay(
     past them, so each breach is knowable at its deadline. Delay = page received - deadline."""
     am = FakeAlertmanager()
     publisher = AlertmanagerPublisher([am.url], monitor.clock, {}, resend_interval=60)
+    publisher.commit_lock = monitor.lock  # as in `run`: pages leave after their commit
     monitor.listeners = [publisher]
     app = App(config, store, monitor.clock, monitor, {}, "127.0.0.1:0", alerts=None)
     app.monitor.ready = True
@@ -484,12 +485,18 @@ def main() -> None:
     p.add_argument("--only", default="ingest,open,replay")
     p.add_argument("--no-postgres", action="store_true")
     p.add_argument("--json", help="write results to this file")
+    p.add_argument(
+        "--replay-events",
+        type=int,
+        help="stored events for the replay benchmark (10M; quick: 200k)",
+    )
     args = p.parse_args()
     args.databases = ["sqlite"] if args.no_postgres else ["sqlite", "postgresql"]
     args.ingest_contacts = 4_000 if args.quick else 40_000
     args.sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
     args.probes = 50 if args.quick else 200
-    args.replay_events = 200_000 if args.quick else 2_000_000
+    if args.replay_events is None:
+        args.replay_events = 200_000 if args.quick else 10_000_000
     print(
         f"sla-monitor benchmarks on {platform.machine()} {platform.processor() or ''}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}",

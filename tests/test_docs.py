@@ -51,3 +51,40 @@ def test_connector_examples_are_valid() -> None:
     for kind in REGISTRY:
         assert f"`{kind}`" in README, f"connector {kind} is not in the README"
         assert f"`{kind}`" in (ROOT / "docs" / "sources.md").read_text(), kind
+
+
+def test_scaling_doc_says_which_replica_exports_each_metric(tmp_path: Path) -> None:
+    """docs/scaling.md tells dashboard authors which replica serves what; it must match
+    what a leader, a source's lease holder and any replica actually serve."""
+    from sla_monitor.adapters.store import Store
+
+    text = (ROOT / "docs" / "scaling.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| `sla_")]
+
+    def documented(marker: str) -> set[str]:
+        (row,) = [r for r in rows if marker in r]
+        return {n.removesuffix("_total") for n in re.findall(r"`(sla_\w+)`", row)}
+
+    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    store.migrate()
+    monitor = Monitor(store, load_config(SHIPPED_CONFIG), FixedClock(T0))
+    monitor.load()
+    monitor.declare("demo", "demo", None, [])
+    monitor.live.polls[("demo", "ok")] = 1
+    monitor.live.ingested[("demo", "customer_message")] = 1
+    monitor.live.rejected[("demo", "bad_json")] = 1
+    health = monitor.live.sources["demo"]
+    health.last_success = health.watermark = T0
+    health.last_duration = 0.2
+
+    def served(leader: bool, owned: set[str]) -> set[str]:
+        monitor.exports_contacts, monitor.owned_sources = leader, owned
+        return {m.name for m in MonitorCollector(monitor).collect() if m.samples}
+
+    def families(leader: bool) -> set[str]:
+        monitor.exports_contacts, monitor.owned_sources = leader, set()
+        return {m.name for m in MonitorCollector(monitor).collect()}
+
+    assert families(True) - families(False) == documented("**leader**")
+    assert served(False, {"demo"}) - served(False, set()) == documented("**holding the source")
+    assert served(False, set()) == documented("every replica")
