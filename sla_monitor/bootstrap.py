@@ -389,6 +389,12 @@ def build_app(
         )
     cluster_cfg = config.settings.cluster
     cluster = ClusterStore(store) if cluster_cfg.enabled else None
+    if cluster is not None and store.dialect != "postgresql":
+        log.warning(
+            "cluster mode on %s: replicas must share one database; use PostgreSQL "
+            "(docs/scaling.md)",
+            store.dialect,
+        )
     if cluster is not None and alerts is not None:
         alerts = None  # the leader creates its publisher when it takes over
     monitor = Monitor(store, config, clock, [alerts] if alerts else [])
