@@ -244,19 +244,11 @@ class Store:
             return new
         # SQLite: one writer at a time, so ids not found in this transaction are new; the
         # lookup runs on the unique index, the insert through the driver's executemany
-        by_source: dict[str, list[str]] = {}
-        for src, eid in by_key:
-            by_source.setdefault(src, []).append(eid)
-        for src, ids in by_source.items():
-            for i in range(0, len(ids), 900):
-                q = select(EVENTS.c.event_id).where(
-                    EVENTS.c.source == src, EVENTS.c.event_id.in_(ids[i : i + 900])
-                )
-                for (eid,) in conn.execute(q):
-                    del by_key[(src, eid)]
+        for where in _by_contact(EVENTS, list(by_key), id_column="event_id"):
+            for src, eid in conn.execute(select(EVENTS.c.source, EVENTS.c.event_id).where(where)):
+                del by_key[(src, eid)]
         fresh = list(by_key.values())
-        rows = [event_tuple(e, now_us) for e in fresh]
-        insert_rows(conn, EVENTS, EVENT_ROW_COLUMNS, rows, skip_conflicts=True)
+        insert_rows(conn, EVENTS, EVENT_ROW_COLUMNS, [event_tuple(e, now_us) for e in fresh])
         return fresh
 
     def add_rejected(
@@ -716,15 +708,21 @@ class ClusterStore:
         }
 
 
-def _by_contact(table: Table, keys: Iterable[ContactKey], chunk: int = 900) -> Iterator[Any]:
-    """WHERE clauses selecting these contacts: per source, conversation ids in chunks (a
-    plain IN is far cheaper to compile and run than a tuple IN)."""
+def _by_contact(
+    table: Table,
+    keys: Iterable[tuple[str, str]],
+    chunk: int = 900,
+    id_column: str = "conversation_id",
+) -> Iterator[Any]:
+    """WHERE clauses selecting these (source, id) keys — contacts, or events by `event_id`:
+    per source, ids in chunks (a plain IN is far cheaper to compile and run than a tuple IN)."""
     by_source: dict[str, list[str]] = {}
-    for source, conv in keys:
-        by_source.setdefault(source, []).append(conv)
-    for source, convs in by_source.items():
-        for i in range(0, len(convs), chunk):
-            yield (table.c.source == source) & table.c.conversation_id.in_(convs[i : i + chunk])
+    for source, ident in keys:
+        by_source.setdefault(source, []).append(ident)
+    column = table.c[id_column]
+    for source, idents in by_source.items():
+        for i in range(0, len(idents), chunk):
+            yield (table.c.source == source) & column.in_(idents[i : i + chunk])
 
 
 _CONTACT_COLUMNS = (
@@ -769,7 +767,6 @@ def insert_rows(
     table: Table,
     columns: Sequence[str],
     rows: list[tuple[Any, ...]],
-    skip_conflicts: bool = False,
 ) -> None:
     """Bulk insert. On SQLite straight through the driver's executemany: SQLAlchemy's
     per-row parameter processing costs more than SQLite's own work there. On PostgreSQL,
@@ -777,17 +774,15 @@ def insert_rows(
     if not rows:
         return
     if conn.dialect.name == "sqlite":
-        verb = "INSERT OR IGNORE" if skip_conflicts else "INSERT"
         marks = ", ".join("?" * len(columns))
         conn.exec_driver_sql(
-            f"{verb} INTO {table.name} ({', '.join(columns)}) VALUES ({marks})", rows
+            f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})", rows
         )
         return
-    stmt = postgresql.insert(table)
-    if skip_conflicts:
-        stmt = stmt.on_conflict_do_nothing()
     for i in range(0, len(rows), 5000):
-        conn.execute(stmt, [dict(zip(columns, r, strict=True)) for r in rows[i : i + 5000]])
+        conn.execute(
+            table.insert(), [dict(zip(columns, r, strict=True)) for r in rows[i : i + 5000]]
+        )
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

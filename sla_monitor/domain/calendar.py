@@ -235,7 +235,10 @@ class BusinessCalendar:
                 remaining -= e - s
             cursor = chunk_end
             chunk = min(chunk * 2, _CHUNK)
-        raise CalendarError(
+        raise self._not_enough(start)
+
+    def _not_enough(self, start: datetime) -> CalendarError:
+        return CalendarError(
             f"calendar {self.name!r} has not enough open time within 10 years after {start}"
         )
 
@@ -252,9 +255,7 @@ class BusinessCalendar:
                     return s + remaining
                 remaining -= e - s
             day += _DAY
-        raise CalendarError(
-            f"calendar {self.name!r} has not enough open time within 10 years after {start}"
-        )
+        raise self._not_enough(start)
 
 
 def _utc_interval(i: Interval) -> Interval:
