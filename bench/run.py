@@ -33,6 +33,7 @@ from sla_monitor.adapters.store import (
     EVENT_ROW_COLUMNS,
     EVENTS,
     TARGETS,
+    SourceState,
     Store,
     event_row,
     event_tuple,
@@ -44,6 +45,7 @@ from sla_monitor.domain.events import Channel, Event, EventKind, Status
 from sla_monitor.domain.timeutil import to_micros
 from sla_monitor.publishing.alertmanager import AlertmanagerPublisher
 from sla_monitor.publishing.metrics import MonitorCollector
+from sla_monitor.service_layer.archive import archive
 from sla_monitor.service_layer.clock import FixedClock, SystemClock
 from sla_monitor.service_layer.monitor import Monitor
 from sla_monitor.service_layer.recompute import replay
@@ -434,25 +436,31 @@ def detection_delay(
 # -- 6. replay ---------------------------------------------------------------------------------
 
 
-def bench_replay(events_total: int) -> None:
+def store_history(store: Store, events_total: int) -> int:
+    """About `events_total` events of 20,000 contacts a day, straight into `events`."""
     contacts = events_total // 5
+    chunk = 10_000
+    n = 0
+    for i in range(0, contacts, chunk):
+        evs = synthetic_events(
+            min(chunk, contacts - i), seed=i, start=T0 + timedelta(days=i // 20_000)
+        )
+        rows = [
+            event_row(e, 0)
+            | {"conversation_id": f"{e.conversation_id}-{i}", "event_id": f"{e.event_id}-{i}"}
+            for e in evs
+        ]
+        with store.begin() as conn:
+            conn.execute(EVENTS.insert(), rows)
+        n += len(rows)
+    return n
+
+
+def bench_replay(events_total: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = fresh_store(f"sqlite:///{tmp}/replay.db")
         config = load_config(CONFIG)
-        chunk = 10_000
-        n = 0
-        for i in range(0, contacts, chunk):
-            evs = synthetic_events(
-                min(chunk, contacts - i), seed=i, start=T0 + timedelta(days=i // 20_000)
-            )
-            rows = [
-                event_row(e, 0)
-                | {"conversation_id": f"{e.conversation_id}-{i}", "event_id": f"{e.event_id}-{i}"}
-                for e in evs
-            ]
-            with store.begin() as conn:
-                conn.execute(EVENTS.insert(), rows)
-            n += len(rows)
+        n = store_history(store, events_total)
         t = time.perf_counter()
         with store.engine.connect() as conn:
             read = sum(len(c) for c in store.iter_contacts(conn))
@@ -472,17 +480,53 @@ def bench_replay(events_total: int) -> None:
     del summary
 
 
+# -- 7. archive ---------------------------------------------------------------------------
+
+
+def bench_archive(events_total: int) -> None:
+    """`archive` of a history's older half (no goal in the issue: a sizing figure, next to
+    the rate of reading the same events back)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = fresh_store(f"sqlite:///{tmp}/archive.db")
+        config = load_config(CONFIG)
+        store_history(store, events_total)
+        days = max(events_total // 100_000, 2)  # 20,000 contacts (100k events) a day
+        now = T0 + timedelta(days=days + 30)
+        with store.begin() as conn:
+            store.save_source(conn, SourceState("bench", "bench", watermark=now))
+        replay(store, config, now)
+        before = T0 + timedelta(days=days // 2)
+        t = time.perf_counter()
+        with store.engine.connect() as conn:
+            read = sum(len(c) for c in store.iter_contacts(conn, until_us=to_micros(before)))
+        read_rate = read / (time.perf_counter() - t)
+        t = time.perf_counter()
+        s = archive(store, config, before, Path(tmp) / "a.jsonl.gz", now)
+        rate = s.events / (time.perf_counter() - t)
+        size = (Path(tmp) / "a.jsonl.gz").stat().st_size
+        store.close()
+    report(
+        f"archive ({s.events:,} of {events_total:,} events, {s.contacts:,} contacts)",
+        f"{rate:,.0f} events/s, {size / max(s.events, 1):.0f} B/event gzipped",
+        f"read only {read_rate:,.0f}/s",
+        rate / read_rate,
+        "(sizing figure; no goal)",
+        None,
+    )
+
+
 BENCHES: dict[str, Callable[[argparse.Namespace], None]] = {
     "ingest": lambda a: [bench_ingest(k, a.ingest_contacts) for k in a.databases],  # type: ignore[func-returns-value]
     "open": lambda a: bench_open_targets(a.sizes, a.probes),
     "replay": lambda a: bench_replay(a.replay_events),
+    "archive": lambda a: bench_archive(a.archive_events),
 }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="small sizes (a minute or two)")
-    p.add_argument("--only", default="ingest,open,replay")
+    p.add_argument("--only", default="ingest,open,replay,archive")
     p.add_argument("--no-postgres", action="store_true")
     p.add_argument("--json", help="write results to this file")
     p.add_argument(
@@ -490,11 +534,18 @@ def main() -> None:
         type=int,
         help="stored events for the replay benchmark (10M; quick: 200k)",
     )
+    p.add_argument(
+        "--archive-events",
+        type=int,
+        help="stored events for the archive benchmark (1M; quick: 200k)",
+    )
     args = p.parse_args()
     args.databases = ["sqlite"] if args.no_postgres else ["sqlite", "postgresql"]
     args.ingest_contacts = 4_000 if args.quick else 40_000
     args.sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
     args.probes = 50 if args.quick else 200
+    if args.archive_events is None:
+        args.archive_events = 200_000 if args.quick else 1_000_000
     if args.replay_events is None:
         args.replay_events = 200_000 if args.quick else 10_000_000
     print(

@@ -213,3 +213,14 @@ def test_listeners_hear_a_breach_and_its_late_reply(store: Store, shipped_config
     late = ev("agent_reply", at(hours=2), conv="A", event_id="A-9", source="desk")
     m.apply_poll("desk", "jsonl", PollResult([late], cursor="2", watermark=at(hours=2)), 0.0)
     assert heard == [("first_reply", "breached", False)]  # still breached, but answered: resolve
+
+
+def test_migrations_build_exactly_the_schema_the_models_declare(store: Store) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from sla_monitor.adapters.orm import Base
+
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []

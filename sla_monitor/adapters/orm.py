@@ -133,3 +133,49 @@ class DirtyContactRow(Base):
     # bumped by each poll that touches the contact again, so the leader only clears the
     # mark for the version it evaluated (events stored meanwhile are never skipped)
     version: Mapped[int] = mapped_column(BigInteger)
+
+
+class ArchiveRunRow(Base):
+    """One `sla-monitor archive` run: what it moved, where to, and when."""
+
+    __tablename__ = "archive_runs"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    before_us: Mapped[int] = mapped_column(BigInteger)
+    file: Mapped[str] = mapped_column(Text)
+    started_us: Mapped[int] = mapped_column(BigInteger)
+    finished_us: Mapped[int | None] = mapped_column(BigInteger)
+    contacts: Mapped[int] = mapped_column(BigInteger)
+    events: Mapped[int] = mapped_column(BigInteger)
+
+
+class ArchiveHorizonRow(Base):
+    """Per source: events before this instant were archived. An event older than the
+    horizon whose contact is not stored is set aside, not taken for a new contact."""
+
+    __tablename__ = "archive_horizons"
+    source: Mapped[str] = mapped_column(String(200), primary_key=True)
+    before_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class CarriedCountRow(Base):
+    """Archived rows' contribution to a counter (`metric` + JSON label values), added to
+    what the remaining rows count, so archiving never moves a counter."""
+
+    __tablename__ = "carried_counts"
+    metric: Mapped[str] = mapped_column(String(64), primary_key=True)
+    labels: Mapped[str] = mapped_column(String(2000), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
+class CarriedResponseRow(Base):
+    """Archived response times, grouped by their value rounded up to the millisecond: exact
+    for any bucket bound in whole milliseconds, so bounds added to the config later still
+    count archived values right."""
+
+    __tablename__ = "carried_responses"
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    queue: Mapped[str] = mapped_column(String(200), primary_key=True)
+    target: Mapped[str] = mapped_column(String(32), primary_key=True)
+    le_ms: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    total: Mapped[float] = mapped_column(Float)

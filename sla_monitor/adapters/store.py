@@ -8,8 +8,10 @@ ORM unit-of-work for tens of thousands of rows).
 from __future__ import annotations
 
 import json
+import math
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,6 +34,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from sla_monitor.adapters.orm import (
+    ArchiveHorizonRow,
+    ArchiveRunRow,
+    CarriedCountRow,
+    CarriedResponseRow,
     ContactRow,
     DirtyContactRow,
     EventRow,
@@ -62,6 +68,10 @@ REJECTED = cast(Table, RejectedRow.__table__)
 LEASES = cast(Table, LeaseRow.__table__)
 REPLICAS = cast(Table, ReplicaRow.__table__)
 DIRTY = cast(Table, DirtyContactRow.__table__)
+ARCHIVE_RUNS = cast(Table, ArchiveRunRow.__table__)
+HORIZONS = cast(Table, ArchiveHorizonRow.__table__)
+CARRIED = cast(Table, CarriedCountRow.__table__)
+CARRIED_RESPONSES = cast(Table, CarriedResponseRow.__table__)
 
 NO_PRIORITY = "none"  # label for contacts whose source gives no priority
 
@@ -500,6 +510,205 @@ class Store:
         conn.execute(delete(TARGETS))
         conn.execute(delete(CONTACTS))
 
+    # -- archive (service_layer/archive.py) ----------------------------------------------
+
+    def archive_horizons(self, conn: Connection) -> dict[str, int]:
+        return {r[0]: int(r[1]) for r in conn.execute(select(HORIZONS))}
+
+    def stored_contacts(self, conn: Connection, keys: Iterable[ContactKey]) -> set[ContactKey]:
+        """Those of these contacts that have stored events."""
+        out: set[ContactKey] = set()
+        for where in _by_contact(EVENTS, keys):
+            q = select(EVENTS.c.source, EVENTS.c.conversation_id).where(where).distinct()
+            out.update((r[0], r[1]) for r in conn.execute(q))
+        return out
+
+    def quiet_contacts(
+        self,
+        conn: Connection,
+        before_us: int,
+        sources: Sequence[str],
+        keys: Sequence[ContactKey] | None = None,
+    ) -> Iterator[tuple[str, str, str | None]]:
+        """(source, conversation id, customer) of contacts that can be archived: no event at
+        or after `before`, no open target, no deadline or watermark wait pending, not waiting
+        for the leader's evaluation. Ordered by customer, so a customer's contacts come
+        together. `keys`: only among these (re-checked in the archiving transaction)."""
+        c = CONTACTS.c
+
+        def same(t: Table) -> Any:
+            return (t.c.source == c.source) & (t.c.conversation_id == c.conversation_id)
+
+        later = select(EVENTS.c.id).where(same(EVENTS), EVENTS.c.occurred_us >= before_us)
+        open_ = select(TARGETS.c.seq).where(same(TARGETS), TARGETS.c.is_open.is_(True))
+        dirty = select(DIRTY.c.version).where(same(DIRTY))
+        q = select(c.source, c.conversation_id, c.customer_id).where(
+            c.next_wake_us.is_(None),
+            c.awaiting_us.is_(None),
+            ~later.exists(),
+            ~open_.exists(),
+            ~dirty.exists(),
+        )
+        if keys is not None:
+            for where in _by_contact(CONTACTS, keys):
+                for r in conn.execute(q.where(where)):
+                    yield (r[0], r[1], r[2])
+            return
+        q = q.where(c.source.in_(sources)).order_by(c.customer_id, c.source, c.conversation_id)
+        for r in conn.execution_options(yield_per=10000).execute(q):
+            yield (r[0], r[1], r[2])
+
+    def start_archive_run(
+        self, conn: Connection, before_us: int, file: str, now_us: int, sources: Sequence[str]
+    ) -> int:
+        """Record the run and raise the horizons of `sources` to `before` (never lower)."""
+        stmt = self._insert(HORIZONS)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["source"],
+            set_={"before_us": func.max(HORIZONS.c.before_us, stmt.excluded.before_us)}
+            if self.dialect == "sqlite"
+            else {"before_us": func.greatest(HORIZONS.c.before_us, stmt.excluded.before_us)},
+        )
+        if sources:
+            conn.execute(stmt, [{"source": s, "before_us": before_us} for s in sources])
+        run = conn.execute(
+            ARCHIVE_RUNS.insert()
+            .values(before_us=before_us, file=file, started_us=now_us, contacts=0, events=0)
+            .returning(ARCHIVE_RUNS.c.id)
+        )
+        return int(run.scalar_one())
+
+    def finish_archive_run(self, conn: Connection, run_id: int, now_us: int) -> None:
+        conn.execute(
+            update(ARCHIVE_RUNS).where(ARCHIVE_RUNS.c.id == run_id).values(finished_us=now_us)
+        )
+
+    def archive_contacts(
+        self,
+        conn: Connection,
+        keys: Sequence[ContactKey],
+        run_id: int,
+        write: Callable[[list[Event]], None],
+    ) -> tuple[int, int, int]:
+        """Hand these contacts' events to `write` (which must make them durable), fold their
+        rows' contribution to every counter into the carried totals, and delete the rows.
+        Returns (events, targets, contacts that had opened)."""
+        events: list[Event] = []
+        ids: list[int] = []
+        ingested: Counter[tuple[str, ...]] = Counter()
+        for where in _by_contact(EVENTS, keys):
+            for r in conn.execute(select(EVENTS.c.id, *_EVENT_COLUMNS).where(where)):
+                ids.append(r[0])
+                events.append(_row_event(r[1:]))
+                ingested[(r[1], r[4])] += 1
+        write(events)
+        opened: Counter[tuple[str, ...]] = Counter()
+        repeats: Counter[tuple[str, ...]] = Counter()
+        for where in _by_contact(CONTACTS, keys):
+            q = select(
+                CONTACTS.c.channel,
+                CONTACTS.c.queue,
+                CONTACTS.c.priority,
+                CONTACTS.c.opened_us,
+                CONTACTS.c.repeat_of_source,
+            ).where(where)
+            for ch, q_, p, opened_us, repeat_of in conn.execute(q):
+                if opened_us is not None:
+                    opened[(ch, q_, p)] += 1
+                if repeat_of is not None:
+                    repeats[(ch, q_)] += 1
+        outcomes: Counter[tuple[str, ...]] = Counter()
+        responses: dict[tuple[str, str, str, int], list[float]] = {}
+        targets = 0
+        for where in _by_contact(TARGETS, keys):
+            q = select(
+                TARGETS.c.channel,
+                TARGETS.c.queue,
+                TARGETS.c.priority,
+                TARGETS.c.target,
+                TARGETS.c.outcome,
+                TARGETS.c.response_seconds,
+            ).where(where)
+            for t in conn.execute(q):
+                ch, q_, p = t[0], t[1], t[2]
+                target: str = t[3]
+                outcome: str | None = t[4]
+                seconds: float | None = t[5]
+                targets += 1
+                if outcome is not None:
+                    outcomes[(ch, q_, p, target, outcome)] += 1
+                if seconds is not None:
+                    # rounded up: v <= b exactly when ceil_ms(v) <= b, for any bound b in ms
+                    le_ms = math.ceil(round(float(seconds) * 1000, 3))
+                    acc = responses.setdefault((ch, q_, target, le_ms), [0, 0.0])
+                    acc[0] += 1
+                    acc[1] += float(seconds)
+        for metric, counts in (
+            ("sla_events_ingested", ingested),
+            ("sla_contacts_opened", opened),
+            ("sla_repeat_contacts", repeats),
+            ("sla_target_outcomes", outcomes),
+        ):
+            self._carry(conn, metric, counts)
+        if responses:
+            stmt = self._insert(CARRIED_RESPONSES)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["channel", "queue", "target", "le_ms"],
+                set_={
+                    "count": CARRIED_RESPONSES.c.count + stmt.excluded.count,
+                    "total": CARRIED_RESPONSES.c.total + stmt.excluded.total,
+                },
+            )
+            conn.execute(
+                stmt,
+                [
+                    {
+                        "channel": k[0],
+                        "queue": k[1],
+                        "target": k[2],
+                        "le_ms": k[3],
+                        "count": int(v[0]),
+                        "total": v[1],
+                    }
+                    for k, v in responses.items()
+                ],
+            )
+        # events by id: one stored after this transaction read them is never lost unseen
+        for i in range(0, len(ids), 900):
+            conn.execute(delete(EVENTS).where(EVENTS.c.id.in_(ids[i : i + 900])))
+        for where in _by_contact(TARGETS, keys):
+            conn.execute(delete(TARGETS).where(where))
+        for where in _by_contact(CONTACTS, keys):
+            conn.execute(delete(CONTACTS).where(where))
+        conn.execute(
+            update(ARCHIVE_RUNS)
+            .where(ARCHIVE_RUNS.c.id == run_id)
+            .values(
+                contacts=ARCHIVE_RUNS.c.contacts + len(keys),
+                events=ARCHIVE_RUNS.c.events + len(ids),
+            )
+        )
+        return len(ids), targets, sum(opened.values())
+
+    def _carry(self, conn: Connection, metric: str, counts: Counter[tuple[str, ...]]) -> None:
+        rows = [
+            {"metric": metric, "labels": json.dumps(list(k)), "value": n}
+            for k, n in counts.items()
+            if n
+        ]
+        if not rows:
+            return
+        stmt = self._insert(CARRIED)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["metric", "labels"],
+            set_={"value": CARRIED.c.value + stmt.excluded.value},
+        )
+        conn.execute(stmt, rows)
+
+    def count_opened_before(self, conn: Connection, before_us: int) -> int:
+        q = select(func.count()).select_from(CONTACTS).where(CONTACTS.c.opened_us < before_us)
+        return int(conn.execute(q).scalar_one())
+
     # -- what counters start from after a restart ----------------------------------------
 
     def open_targets(self, conn: Connection) -> Iterator[Any]:
@@ -560,7 +769,7 @@ class Store:
                 TARGETS.c.outcome,
             )
         )
-        return [(tuple(r[:5]), int(r[5])) for r in conn.execute(q)]
+        return self._plus_carried(conn, "sla_target_outcomes", q)
 
     def response_times(self, conn: Connection) -> Iterator[tuple[str, str, str, float]]:
         q = select(
@@ -575,7 +784,7 @@ class Store:
             .where(CONTACTS.c.opened_us.is_not(None))
             .group_by(CONTACTS.c.channel, CONTACTS.c.queue, CONTACTS.c.priority)
         )
-        return [(tuple(r[:3]), int(r[3])) for r in conn.execute(q)]
+        return self._plus_carried(conn, "sla_contacts_opened", q)
 
     def repeat_counts(self, conn: Connection) -> list[tuple[tuple[str, ...], int]]:
         q = (
@@ -583,7 +792,7 @@ class Store:
             .where(CONTACTS.c.repeat_of_source.is_not(None))
             .group_by(CONTACTS.c.channel, CONTACTS.c.queue)
         )
-        return [(tuple(r[:2]), int(r[2])) for r in conn.execute(q)]
+        return self._plus_carried(conn, "sla_repeat_contacts", q)
 
     def queues_seen(self, conn: Connection) -> list[tuple[str, str, str]]:
         q = select(CONTACTS.c.source, CONTACTS.c.channel, CONTACTS.c.queue).distinct()
@@ -593,7 +802,31 @@ class Store:
         q = select(EVENTS.c.source, EVENTS.c.kind, func.count()).group_by(
             EVENTS.c.source, EVENTS.c.kind
         )
-        return [(tuple(r[:2]), int(r[2])) for r in conn.execute(q)]
+        return self._plus_carried(conn, "sla_events_ingested", q)
+
+    def _plus_carried(
+        self, conn: Connection, metric: str, grouped: Any
+    ) -> list[tuple[tuple[str, ...], int]]:
+        """A grouped count (label columns, then the count) plus what archived rows carried."""
+        totals: Counter[tuple[str, ...]] = Counter()
+        for r in conn.execute(grouped):
+            totals[tuple(r[:-1])] += int(r[-1])
+        for labels, n in self.carried(conn, metric):
+            totals[labels] += n
+        return list(totals.items())
+
+    def carried(self, conn: Connection, metric: str) -> list[tuple[tuple[str, ...], int]]:
+        q = select(CARRIED.c.labels, CARRIED.c.value).where(CARRIED.c.metric == metric)
+        return [(tuple(json.loads(r[0])), int(r[1])) for r in conn.execute(q)]
+
+    def carried_responses(
+        self, conn: Connection
+    ) -> Iterator[tuple[str, str, str, float, int, float]]:
+        """Archived response times: (channel, queue, target, value rounded up to the
+        millisecond, how many, their exact sum)."""
+        c = CARRIED_RESPONSES.c
+        for r in conn.execute(select(c.channel, c.queue, c.target, c.le_ms, c.count, c.total)):
+            yield (r[0], r[1], r[2], r[3] / 1000, int(r[4]), float(r[5]))
 
     def rejected_counts(self, conn: Connection) -> list[tuple[tuple[str, ...], int]]:
         q = select(REJECTED.c.source, REJECTED.c.reason, func.count()).group_by(
@@ -701,8 +934,11 @@ class ClusterStore:
             .group_by(REJECTED.c.reason)
         )
         pol = select(POLLS.c.result, POLLS.c.count).where(POLLS.c.source == source)
+        carried = [
+            (k, n) for k, n in self.store.carried(conn, "sla_events_ingested") if k[0] == source
+        ]
         return {
-            "ingested": [((source, r[0]), int(r[1])) for r in conn.execute(ing)],
+            "ingested": [((source, r[0]), int(r[1])) for r in conn.execute(ing)] + carried,
             "rejected": [((source, r[0]), int(r[1])) for r in conn.execute(rej)],
             "polls": [((source, r[0]), int(r[1])) for r in conn.execute(pol)],
         }

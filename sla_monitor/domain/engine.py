@@ -407,15 +407,19 @@ def find_repeats(
         for i, later in enumerate(group):
             assert later.opened_at is not None
             for earlier in group[:i]:
-                assert earlier.opened_at is not None
-                if (
-                    earlier.opened_at < later.opened_at
-                    and later.opened_at - earlier.opened_at <= window
-                    and (
-                        earlier.first_response_at is None
-                        or earlier.first_response_at > later.opened_at
-                    )
-                ):
+                if could_repeat(earlier, later, window):
                     links[later.key] = earlier.key
                     break
     return links
+
+
+def could_repeat(earlier: ContactSummary, later: ContactSummary, window: timedelta) -> bool:
+    """Whether `later` (same customer) counts as a repeat of `earlier`: opened within the
+    window after it while it had no personal response yet."""
+    return (
+        earlier.opened_at is not None
+        and later.opened_at is not None
+        and earlier.opened_at < later.opened_at
+        and later.opened_at - earlier.opened_at <= window
+        and (earlier.first_response_at is None or earlier.first_response_at > later.opened_at)
+    )

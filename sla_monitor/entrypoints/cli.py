@@ -1,23 +1,32 @@
-"""`sla-monitor`: run, check-config, ingest, replay, report, explain, due."""
+"""`sla-monitor`: run, check-config, ingest, replay, report, explain, archive, due."""
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
 import signal
 import sys
 import threading
 import time
+import zlib
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 from sla_monitor import __version__
 from sla_monitor.config import Config, ConfigError, default_config_path, load_config
 from sla_monitor.domain.calendar import CONTINUOUS, CalendarError, TargetClock
 from sla_monitor.domain.events import Event
-from sla_monitor.domain.timeutil import format_duration, iso, parse_duration, parse_instant
+from sla_monitor.domain.timeutil import (
+    format_duration,
+    from_micros,
+    iso,
+    parse_duration,
+    parse_instant,
+)
 from sla_monitor.sources.abc import Rejected
 from sla_monitor.sources.jsonl import parse_line
 
@@ -125,7 +134,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         raise UsageError(f"{path}: no such file")
     events: dict[str, list[Event]] = {}
     rejected: dict[str, list[Rejected]] = {}
-    totals = {"lines": 0, "events": 0, "new": 0, "rejected": 0}
+    totals = {"lines": 0, "events": 0, "new": 0, "rejected": 0, "archived": 0}
     last = time.monotonic()
     watermark = args.watermark or datetime.now(UTC)
 
@@ -134,14 +143,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     def flush() -> None:
         for source in sorted(set(events) | set(rejected)):
             seen.add(source)
-            summary = monitor.ingest(source, events.get(source, []), rejected.get(source, []))
+            given = rejected.get(source, [])
+            summary = monitor.ingest(source, events.get(source, []), given)
             totals["new"] += summary.new
+            totals["archived"] += summary.rejected - len(given)  # before an archive horizon
         events.clear()
         rejected.clear()
 
     defaults = {"source": args.source}
-    with path.open("rb") as fh:
-        for n, raw in enumerate(fh, 1):
+    problems: list[str] = []
+    with _open_events(path) as fh:
+        for n, raw in enumerate(_lines(fh, path, problems), 1):
             text = raw.decode("utf-8", errors="replace").strip()
             if not text:
                 continue
@@ -167,15 +179,41 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     flush()
     # The watermark applies once the whole file is in: every source named in it has been
     # read completely up to that instant, so deadlines before it can now be judged.
-    for source in sorted(seen):
-        monitor.ingest(source, [], [], watermark)
+    if not problems:  # a file cut short does not hold every event up to the watermark
+        for source in sorted(seen):
+            monitor.ingest(source, [], [], watermark)
+    stored = totals["events"] - totals["new"] - totals["archived"]
     print(
         f"ingested {path}: {totals['lines']} lines, {totals['events']} events "
-        f"({totals['new']} new, {totals['events'] - totals['new']} already stored), "
-        f"{totals['rejected']} rejected; watermark {iso(watermark)}"
+        f"({totals['new']} new, {stored} already stored"
+        + (
+            f", {totals['archived']} set aside as older than the archive horizon"
+            if totals["archived"]
+            else ""
+        )
+        + f"), {totals['rejected']} rejected; "
+        + ("watermark not advanced (file cut short)" if problems else f"watermark {iso(watermark)}")
     )
     store.close()
-    return 1 if args.strict and totals["rejected"] else 0
+    if problems:
+        return 1
+    return 1 if args.strict and (totals["rejected"] or totals["archived"]) else 0
+
+
+def _open_events(path: Path) -> IO[bytes]:
+    """A file of event lines; .gz for archive files (`sla-monitor archive`)."""
+    if path.suffix == ".gz":
+        return cast(IO[bytes], gzip.open(path, "rb"))
+    return path.open("rb")
+
+
+def _lines(fh: IO[bytes], path: Path, problems: list[str]) -> Iterator[bytes]:
+    try:
+        yield from fh
+    except (EOFError, OSError, zlib.error) as exc:
+        # a gzip file cut short (a crash while archiving): every line before it is intact
+        problems.append(f"{path}: stopped reading early: {exc}")
+        print(problems[-1], file=sys.stderr)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -268,6 +306,15 @@ def render_report(r: dict[str, Any]) -> str:
                 f"  {c['channel']:<8} {c['queue']:<20} opened {c['opened']:>6}   "
                 f"repeat {c['repeat_contacts']:>5}"
             )
+    archived = r.get("archived_before") or {}
+    if archived and (r["from"] is None or r["from"] < max(archived.values())):
+        lines += [
+            "",
+            "Archived: contacts of "
+            + ", ".join(f"{src} quiet before {when}" for src, when in archived.items())
+            + " were moved out by `sla-monitor archive` and are not counted here; ingest the "
+            "archive files into a separate database to report on that period.",
+        ]
     if r["service_level"]:
         lines += ["", "Phone service level:"]
         for s in r["service_level"]:
@@ -288,6 +335,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     store.close()
     if result is None:
         print(f"no events stored for contact {args.contact}", file=sys.stderr)
+        if horizon := _archive_horizon(config, args, source):
+            print(
+                f"(contacts of {source} quiet before {horizon} were archived: "
+                "`sla-monitor archive`; ingest its file into a separate database to explain them)",
+                file=sys.stderr,
+            )
         return 1
     if args.format == "json":
         print(json.dumps(result, indent=2))
@@ -318,6 +371,53 @@ def cmd_explain(args: argparse.Namespace) -> int:
             f"{t['started_at']}, deadline {t['deadline'] or 'moving (paused)'}{resp}"
         )
     return 0
+
+
+def _archive_horizon(config: Config, args: argparse.Namespace, source: str) -> str | None:
+    store = _store(config, args)
+    try:
+        with store.begin() as conn:
+            us = store.archive_horizons(conn).get(source)
+    finally:
+        store.close()
+    return None if us is None else iso(from_micros(us))
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    from sla_monitor.service_layer.archive import ArchiveError, archive
+
+    config = load_config(args.config)
+    if args.to_file is None and not args.dry_run:
+        raise UsageError("give --to FILE (a new .jsonl.gz file), or --dry-run")
+    store = _store(config, args)
+    path = None if args.dry_run else Path(args.to_file)
+    try:
+        s = archive(store, config, args.before, path, datetime.now(UTC), _progress("archive"))
+    except ArchiveError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        store.close()
+    dry = path is None
+    where = "" if path is None else f" to {path} ({path.stat().st_size:,} bytes)"
+    print(
+        f"{'would archive' if dry else 'archived'} {_n(s.contacts, 'contact')} "
+        f"({_n(s.events, 'event')}, {_n(s.targets, 'target')}) quiet since before "
+        f"{iso(s.before)}{where}; counters unchanged"
+    )
+    print(
+        f"{_n(s.remaining_before, 'contact')} opened before {iso(s.before)} "
+        f"{'would stay' if dry else ('stays' if s.remaining_before == 1 else 'stay')} stored: "
+        f"open targets, pending deadlines or events since; {s.kept_linked:,} of them "
+        "because a contact that stays could be a repeat of them"
+    )
+    for name, watermark in sorted(s.behind.items()):
+        seen = iso(watermark) if watermark else "never"
+        print(f"source {name} skipped: read completely only up to {seen}")
+    return 0
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def _clock(config: Config | None, name: str) -> TargetClock:
@@ -429,6 +529,28 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--as-of", type=_instant)
     ex.add_argument("--format", choices=["text", "json"], default="text")
     ex.set_defaults(func=cmd_explain)
+
+    arc = sub.add_parser(
+        "archive",
+        parents=[common],
+        help="move contacts quiet before a date to a gzip file; counters unchanged",
+    )
+    arc.add_argument(
+        "--before",
+        type=_instant,
+        required=True,
+        help="archive contacts with no event at or after this instant",
+    )
+    arc.add_argument(
+        "--to",
+        dest="to_file",
+        metavar="FILE",
+        help="gzip JSON-lines file to write (never overwritten; `ingest` reads it back)",
+    )
+    arc.add_argument(
+        "--dry-run", action="store_true", help="say what would be archived; change nothing"
+    )
+    arc.set_defaults(func=cmd_archive)
 
     due = sub.add_parser("due", parents=[common], help="calendar arithmetic")
     due.add_argument(

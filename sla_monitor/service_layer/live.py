@@ -53,9 +53,11 @@ class Histogram:
         if not self.counts:
             self.counts = [0] * (len(self.bounds) + 1)
 
-    def add(self, value: float, n: int = 1) -> None:
+    def add(self, value: float, n: int = 1, total: float | None = None) -> None:
+        """Count `n` observations of `value` (`total`: their exact sum, when `value` is
+        only a representative, as for archived response times)."""
         self.counts[bisect.bisect_left(self.bounds, value)] += n
-        self.total += value * n
+        self.total += value * n if total is None else total
         self.count += n
 
     def cumulative(self) -> list[tuple[str, float]]:
@@ -119,12 +121,20 @@ class LiveState:
         )
         self.series: set[tuple[str, str]] = set()  # (channel, queue) pairs to export zeros for
 
-    def response(self, channel: str, queue: str, target: str, value: float, n: int = 1) -> None:
+    def response(
+        self,
+        channel: str,
+        queue: str,
+        target: str,
+        value: float,
+        n: int = 1,
+        total: float | None = None,
+    ) -> None:
         key = (channel, queue, target)
         hist = self.responses.get(key)
         if hist is None:
             hist = self.responses[key] = Histogram(self.buckets)
-        hist.add(value, n)
+        hist.add(value, n, total)
 
     def set_open(self, key: TargetKey, target: OpenTarget | None) -> None:
         old = self.open.pop(key, None)

@@ -7,6 +7,7 @@ All state changes happen under one lock; source I/O happens outside it.
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import sys
 import threading
@@ -28,7 +29,7 @@ from sla_monitor.domain.engine import (
     find_repeats,
 )
 from sla_monitor.domain.events import ContactKey, Event
-from sla_monitor.domain.timeutil import from_micros, to_micros
+from sla_monitor.domain.timeutil import from_micros, iso, to_micros
 from sla_monitor.service_layer.clock import Clock
 from sla_monitor.service_layer.live import (
     DEFAULT_BUCKETS,
@@ -128,6 +129,10 @@ class Monitor:
                 live.polls[key] = n
             for ch, q, tg, v in self.store.response_times(conn):
                 live.response(ch, q, tg, v)
+            for ch, q, tg, v, n, total in self.store.carried_responses(conn):
+                live.response(ch, q, tg, v, n, total)
+            for ch, q, _p in live.opened:  # queues now only in archives keep their zeros
+                live.series.add((ch, q))
             for _src, ch, q in self.store.queues_seen(conn):
                 live.series.add((ch, q))
             # share one key object per contact between the gauges and the deadline index:
@@ -231,6 +236,9 @@ class Monitor:
             health.watermark = state.watermark
         try:
             with self.store.begin() as conn:
+                events, archived = self._set_aside_archived(conn, events)
+                if archived:
+                    rejected = [*rejected, *archived]
                 new = self.store.add_events(conn, events, now_us)
                 self.store.add_rejected(conn, source, rejected, now_us)
                 self.store.save_source(conn, state)
@@ -270,6 +278,39 @@ class Monitor:
         self._notify_wake()
         return IngestSummary(len(events), len(new), len(rejected), evaluated)
 
+    def _set_aside_archived(
+        self, conn: Connection, events: Sequence[Event]
+    ) -> tuple[Sequence[Event], list[Rejected]]:
+        """Events older than their source's archive horizon whose contact is not stored: a
+        re-delivered event of an archived contact (storing it would count it again and judge
+        the contact on part of its history) or history that arrived after the archive."""
+        horizons = self.store.archive_horizons(conn)
+        if not horizons:
+            return events, []
+        old = [
+            e
+            for e in events
+            if e.source in horizons and to_micros(e.occurred_at) < horizons[e.source]
+        ]
+        if not old:
+            return events, []
+        stored = self.store.stored_contacts(conn, {e.contact_key for e in old})
+        aside = {e.dedup_key: e for e in old if e.contact_key not in stored}
+        if not aside:
+            return events, []
+        return [e for e in events if e.dedup_key not in aside], [
+            Rejected(
+                "archived",
+                f"event {e.event_id} of contact {e.source}:{e.conversation_id} at "
+                f"{iso(e.occurred_at)} is older than the archive horizon "
+                f"{iso(from_micros(horizons[e.source]))} of {e.source} and its contact is not "
+                "stored; to report on archived periods, ingest the archive files into a "
+                "separate database",
+                json.dumps(e.to_dict()),
+            )
+            for e in aside.values()
+        ]
+
     # -- cluster mode ---------------------------------------------------------------------
 
     def reset_contacts(self) -> None:
@@ -303,7 +344,7 @@ class Monitor:
             for key in [k for k in counter if k[0] == source]:
                 del counter[key]
             for key, n in counts[name]:
-                counter[key] = n
+                counter[key] += n  # stored rows plus what archived rows carried
         health = live.sources.setdefault(source, SourceHealth(source, kind))
         health.watermark, health.last_success = state.watermark, state.last_success
 

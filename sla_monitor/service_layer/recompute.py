@@ -172,10 +172,14 @@ def report(
         {"channel": ch, "queue": q, "opened": n, "repeat_contacts": repeats.get((ch, q), 0)}
         for (ch, q), n in sorted(opened.items())
     ]
+    with store.begin() as conn:
+        horizons = store.archive_horizons(conn)
     return {
         "as_of": iso(as_of),
         "from": iso(start) if start else None,
         "to": iso(end) if end else None,
+        # per source: contacts quiet before this were archived and are not in this report
+        "archived_before": {src: iso(from_micros(us)) for src, us in sorted(horizons.items())},
         "targets": rows,
         "contacts": contacts,
         "repeat_contacts": repeat_list,
