@@ -21,7 +21,7 @@ from sla_monitor.domain.events import ContactKey, Event, event_from_dict
 from sla_monitor.domain.timeutil import iso
 from sla_monitor.entrypoints.cli import main
 from sla_monitor.publishing.metrics import MonitorCollector
-from sla_monitor.service_layer.archive import ArchiveError, archive
+from sla_monitor.service_layer.archive import ArchiveError, ArchiveInterrupted, archive
 from sla_monitor.service_layer.clock import FixedClock
 from sla_monitor.service_layer.monitor import Monitor
 from sla_monitor.service_layer.recompute import replay
@@ -302,6 +302,31 @@ def test_a_cut_short_archive_file_gives_back_every_line_before_the_cut(
     captured = capsys.readouterr()
     assert code == 1 and "stopped reading early" in captured.err
     assert "18 events (18 new" in captured.out and "watermark not advanced" in captured.out
+
+
+def test_an_archive_that_fails_part_way_keeps_file_and_database_consistent(
+    store: Store, shipped_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    contacts = history()
+    load(store, shipped_config, contacts)
+    before = metrics(store, shipped_config)
+    real = store.archive_contacts
+    calls = []
+
+    def fail_on_third(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("database connection lost")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "archive_contacts", fail_on_third)
+    path = tmp_path / "a.jsonl.gz"
+    with pytest.raises(ArchiveInterrupted, match="stopped with 2 quiet contacts archived"):
+        archive(store, shipped_config, BEFORE, path, NOW, batch=1)
+    in_file = {e.conversation_id for e in read_archive(path)}
+    assert len(in_file) == 2
+    assert stored(store, list(contacts)) == set(contacts) - in_file
+    assert_same_metrics(before, metrics(store, shipped_config))
 
 
 # -- the property: whatever is archived, nothing a user sees changes ------------------------

@@ -307,7 +307,10 @@ def render_report(r: dict[str, Any]) -> str:
                 f"repeat {c['repeat_contacts']:>5}"
             )
     archived = r.get("archived_before") or {}
-    if archived and (r["from"] is None or r["from"] < max(archived.values())):
+    if archived and (
+        r["from"] is None
+        or parse_instant(r["from"]) < max(parse_instant(t) for t in archived.values())
+    ):
         lines += [
             "",
             "Archived: contacts of "
@@ -384,7 +387,7 @@ def _archive_horizon(config: Config, args: argparse.Namespace, source: str) -> s
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
-    from sla_monitor.service_layer.archive import ArchiveError, archive
+    from sla_monitor.service_layer.archive import ArchiveError, ArchiveInterrupted, archive
 
     config = load_config(args.config)
     if args.to_file is None and not args.dry_run:
@@ -395,6 +398,9 @@ def cmd_archive(args: argparse.Namespace) -> int:
         s = archive(store, config, args.before, path, datetime.now(UTC), _progress("archive"))
     except ArchiveError as exc:
         raise UsageError(str(exc)) from None
+    except ArchiveInterrupted as exc:
+        print(f"sla-monitor archive: {exc}", file=sys.stderr)
+        return 1
     finally:
         store.close()
     dry = path is None

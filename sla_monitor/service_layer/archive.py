@@ -37,6 +37,11 @@ class ArchiveError(Exception):
     """The archive cannot run as asked; nothing was changed."""
 
 
+class ArchiveInterrupted(Exception):
+    """The archive stopped part-way: what it reports as archived is committed and in the
+    file; everything else is still stored."""
+
+
 @dataclass
 class ArchiveSummary:
     before: datetime
@@ -88,12 +93,21 @@ def archive(
             with store.begin() as conn:
                 run_id = store.start_archive_run(conn, before_us, str(path), to_micros(now), ready)
         last = time.monotonic()
-        with store.engine.connect() as reader:
-            for chunk in _by_customer(store.quiet_contacts(reader, before_us, ready), batch):
-                _archive_chunk(store, chunk, before_us, window, run_id, sink, summary)
-                if progress is not None and time.monotonic() - last >= 1.0:
-                    progress(summary.contacts, summary.events)
-                    last = time.monotonic()
+        try:
+            with store.engine.connect() as reader:
+                for chunk in _by_customer(store.quiet_contacts(reader, before_us, ready), batch):
+                    _archive_chunk(store, chunk, before_us, window, run_id, sink, summary)
+                    if progress is not None and time.monotonic() - last >= 1.0:
+                        progress(summary.contacts, summary.events)
+                        last = time.monotonic()
+        except Exception as exc:
+            raise ArchiveInterrupted(
+                f"stopped with {summary.contacts:,} quiet contacts archived "
+                f"({summary.events:,} events): "
+                f"{exc!r}. Those are committed"
+                + (f" and in {path}" if path is not None else "")
+                + "; the rest is still stored. Run again with a new --to file to go on."
+            ) from exc
         if sink is not None:
             with store.begin() as conn:
                 store.finish_archive_run(conn, run_id, to_micros(now))
