@@ -269,3 +269,11 @@ def test_due_prints_deadlines_and_business_time(capsys: pytest.CaptureFixture[st
         == 2
     )
     assert "unknown calendar 'nope'" in capsys.readouterr().err
+
+
+def test_replay_refuses_a_worker_count_below_one(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    db = f"sqlite:///{tmp_path / 'w.db'}"
+    assert main(["replay", *CFG, "--db", db, "--workers", "0"]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err

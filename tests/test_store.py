@@ -224,3 +224,42 @@ def test_migrations_build_exactly_the_schema_the_models_declare(store: Store) ->
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
+
+
+def test_parallel_replay_writes_exactly_what_a_single_process_replay_writes(
+    store: Store, shipped_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import random
+
+    from sla_monitor.service_layer import recompute
+
+    rng = random.Random(5)
+    events = []
+    for i in range(300):  # e-mail and calls, customers coming back, some never answered
+        opened = at(minutes=rng.randrange(0, 3 * 24 * 60))
+        customer = f"cust-{rng.randrange(60)}"
+        if rng.random() < 0.6:
+            events.append(ev("customer_message", opened, conv=f"m{i}", customer=customer))
+            if rng.random() < 0.8:
+                reply = opened + timedelta(minutes=rng.randrange(1, 180))
+                events.append(ev("agent_reply", reply, conv=f"m{i}", customer=customer))
+        else:
+            kw = {"conv": f"p{i}", "channel": "phone", "queue": "line", "customer": customer}
+            events.append(ev("call_queued", opened, **kw))
+            outcome = rng.choice(["call_answered", "call_abandoned"])
+            events.append(ev(outcome, opened + timedelta(seconds=rng.randrange(1, 60)), **kw))
+    m = make_monitor(store, shipped_config, at(days=4))
+    m.apply_poll("s", "jsonl", PollResult(events, cursor="1", watermark=at(days=4)), 0.0)
+
+    def state() -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+        with store.begin() as conn:
+            contacts = conn.exec_driver_sql("SELECT * FROM contacts").fetchall()
+            targets = conn.exec_driver_sql("SELECT * FROM targets").fetchall()
+        return sorted(map(tuple, contacts), key=repr), sorted(map(tuple, targets), key=repr)
+
+    monkeypatch.setattr(recompute, "PARALLEL_FROM_EVENTS", 0)  # parallel even for 600 events
+    alone = recompute.replay(store, shipped_config, at(days=4), workers=1)
+    single = state()
+    together = recompute.replay(store, shipped_config, at(days=4), workers=3)
+    assert together == alone and alone.repeats > 0
+    assert state() == single

@@ -27,8 +27,10 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    literal,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -288,11 +290,23 @@ class Store:
                 out.setdefault((r[0], r[2]), []).append(_row_event(r))
         return out
 
-    def iter_contacts(self, conn: Connection, until_us: int | None = None) -> Iterator[list[Event]]:
-        """Every contact's events, one contact at a time (for replay and report)."""
+    def iter_contacts(
+        self,
+        conn: Connection,
+        until_us: int | None = None,
+        start: ContactKey | None = None,
+        stop: ContactKey | None = None,
+    ) -> Iterator[list[Event]]:
+        """Every contact's events, one contact at a time (for replay and report); only
+        contacts with `start <= (source, conversation id) < stop` when given."""
         q = select(*_EVENT_COLUMNS).order_by(EVENTS.c.source, EVENTS.c.conversation_id)
         if until_us is not None:
             q = q.where(EVENTS.c.occurred_us <= until_us)
+        key = tuple_(EVENTS.c.source, EVENTS.c.conversation_id)
+        if start is not None:
+            q = q.where(key >= tuple_(literal(start[0]), literal(start[1])))
+        if stop is not None:
+            q = q.where(key < tuple_(literal(stop[0]), literal(stop[1])))
         current: list[Event] = []
         for r in conn.execution_options(yield_per=10000).execute(q):
             e = _row_event(r)
@@ -302,6 +316,24 @@ class Store:
             current.append(e)
         if current:
             yield current
+
+    def contact_split_points(self, conn: Connection, parts: int) -> list[ContactKey]:
+        """About `parts - 1` contact keys that cut the stored events into `parts` ranges of
+        similar size, from a sample of event ids (cheap: primary-key lookups, no scan)."""
+        low, high = conn.execute(select(func.min(EVENTS.c.id), func.max(EVENTS.c.id))).one()
+        if low is None or parts <= 1:
+            return []
+        step = max((high - low) // (parts * 16), 1)
+        ids = list(range(low, high + 1, step))
+        sample: list[ContactKey] = []
+        for i in range(0, len(ids), 900):
+            q = select(EVENTS.c.source, EVENTS.c.conversation_id).where(
+                EVENTS.c.id.in_(ids[i : i + 900])
+            )
+            sample.extend((r[0], r[1]) for r in conn.execute(q))
+        sample.sort()
+        points = {sample[len(sample) * k // parts] for k in range(1, parts)}
+        return sorted(points)
 
     def count_events(self, conn: Connection) -> int:
         return int(conn.execute(select(func.count()).select_from(EVENTS)).scalar_one())
@@ -374,56 +406,18 @@ class Store:
             conn.execute(delete(TARGETS).where(where))
         for where in _by_contact(CONTACTS, existing):
             conn.execute(delete(CONTACTS).where(where))
-        links = repeat_links or {}
-        contact_rows: list[tuple[Any, ...]] = []
-        target_rows: list[tuple[Any, ...]] = []
-        for ev in evaluations:
-            a = ev.attributes
-            prio = a.priority or NO_PRIORITY
-            link = links.get(ev.key)
-            ch, q, p = (contact_labels or {}).get(ev.key) or (a.channel.value, a.queue, prio)
-            contact_rows.append(
-                (  # in _CONTACT_COLUMNS order
-                    ev.key[0],
-                    ev.key[1],
-                    ch,
-                    q,
-                    p,
-                    a.customer_id,
-                    ev.rule,
-                    ev.status.value,
-                    _us(ev.opened_at),
-                    _us(ev.first_response_at),
-                    link[0] if link else None,
-                    link[1] if link else None,
-                    ev.events,
-                    _us(ev.next_wake),
-                    _us(ev.awaiting_watermark),
-                )
-            )
-            for t in ev.targets:
-                tk = (ev.key[0], ev.key[1], t.target.value, t.seq)
-                ch, q, p = (target_labels or {}).get(tk) or (a.channel.value, a.queue, prio)
-                target_rows.append(
-                    (  # in _TARGET_COLUMNS order
-                        ev.key[0],
-                        ev.key[1],
-                        t.target.value,
-                        t.seq,
-                        ch,
-                        q,
-                        p,
-                        t.state.value,
-                        t.outcome.value if t.outcome else None,
-                        t.is_open,
-                        to_micros(t.started_at),
-                        _us(t.deadline),
-                        _us(t.warn_at),
-                        _us(t.ended_at),
-                        _us(t.decided_at),
-                        t.response_seconds,
-                    )
-                )
+        contact_rows, target_rows = evaluation_rows(
+            evaluations, repeat_links, contact_labels, target_labels
+        )
+        self.write_state_rows(conn, contact_rows, target_rows)
+
+    def write_state_rows(
+        self,
+        conn: Connection,
+        contact_rows: list[tuple[Any, ...]],
+        target_rows: list[tuple[Any, ...]],
+    ) -> None:
+        """Insert rows built by `evaluation_rows`."""
         insert_rows(conn, CONTACTS, _CONTACT_COLUMNS, contact_rows)
         insert_rows(conn, TARGETS, _TARGET_COLUMNS, target_rows)
 
@@ -996,6 +990,67 @@ _TARGET_COLUMNS = (
     "decided_us",
     "response_seconds",
 )
+
+
+def evaluation_rows(
+    evaluations: Iterable[ContactEvaluation],
+    repeat_links: dict[ContactKey, ContactKey] | None = None,
+    contact_labels: dict[ContactKey, tuple[str, str, str]] | None = None,
+    target_labels: dict[tuple[str, str, str, int], tuple[str, str, str]] | None = None,
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Contact and target rows (in _CONTACT_COLUMNS, _TARGET_COLUMNS order) for these
+    evaluations: plain tuples, so a replay worker process can build them."""
+    links = repeat_links or {}
+    contact_rows: list[tuple[Any, ...]] = []
+    target_rows: list[tuple[Any, ...]] = []
+    for ev in evaluations:
+        a = ev.attributes
+        prio = a.priority or NO_PRIORITY
+        link = links.get(ev.key)
+        ch, q, p = (contact_labels or {}).get(ev.key) or (a.channel.value, a.queue, prio)
+        contact_rows.append(
+            (  # in _CONTACT_COLUMNS order
+                ev.key[0],
+                ev.key[1],
+                ch,
+                q,
+                p,
+                a.customer_id,
+                ev.rule,
+                ev.status.value,
+                _us(ev.opened_at),
+                _us(ev.first_response_at),
+                link[0] if link else None,
+                link[1] if link else None,
+                ev.events,
+                _us(ev.next_wake),
+                _us(ev.awaiting_watermark),
+            )
+        )
+        for t in ev.targets:
+            tk = (ev.key[0], ev.key[1], t.target.value, t.seq)
+            ch, q, p = (target_labels or {}).get(tk) or (a.channel.value, a.queue, prio)
+            target_rows.append(
+                (  # in _TARGET_COLUMNS order
+                    ev.key[0],
+                    ev.key[1],
+                    t.target.value,
+                    t.seq,
+                    ch,
+                    q,
+                    p,
+                    t.state.value,
+                    t.outcome.value if t.outcome else None,
+                    t.is_open,
+                    to_micros(t.started_at),
+                    _us(t.deadline),
+                    _us(t.warn_at),
+                    _us(t.ended_at),
+                    _us(t.decided_at),
+                    t.response_seconds,
+                )
+            )
+    return contact_rows, target_rows
 
 
 def insert_rows(

@@ -223,7 +223,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     store = _store(config, args)
     as_of = args.as_of or datetime.now(UTC)
     started = time.monotonic()
-    summary = replay(store, config, as_of, _progress("replay"))
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    summary = replay(store, config, as_of, _progress("replay"), args.workers)
     print(
         f"replayed {summary.contacts} contacts, {summary.targets} targets, "
         f"{summary.repeats} repeat contacts as of {iso(as_of)} in "
@@ -521,6 +523,11 @@ def build_parser() -> argparse.ArgumentParser:
         "replay", parents=[common], help="recompute every outcome from stored events"
     )
     rp.add_argument("--as-of", type=_instant, help="evaluate as of this instant (default: now)")
+    rp.add_argument(
+        "--workers",
+        type=int,
+        help="processes reading and evaluating contacts (default: one per CPU; 1: none)",
+    )
     rp.set_defaults(func=cmd_replay)
 
     rep = sub.add_parser("report", parents=[common], help="compliance per channel, queue, target")

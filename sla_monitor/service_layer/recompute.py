@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import pairwise
 from typing import Any
 
-from sla_monitor.adapters.store import NO_PRIORITY, Store
+from sla_monitor.adapters.store import NO_PRIORITY, Store, evaluation_rows
 from sla_monitor.config import Config
 from sla_monitor.domain.engine import (
     ContactEvaluation,
@@ -56,9 +59,23 @@ class ReplaySummary:
 
 
 def replay(
-    store: Store, config: Config, as_of: datetime, progress: Progress | None = None
+    store: Store,
+    config: Config,
+    as_of: datetime,
+    progress: Progress | None = None,
+    workers: int | None = None,
 ) -> ReplaySummary:
-    """Recompute every contact's targets from stored events and rewrite the state tables."""
+    """Recompute every contact's targets from stored events and rewrite the state tables.
+
+    Contacts are independent, so with several CPUs, worker processes each read and evaluate
+    a range of contacts while this process writes the rows (`workers`: default one per CPU;
+    1 = all in this process). The outcome is the same either way."""
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    if workers > 1:
+        with store.engine.connect() as conn:
+            many = store.count_events(conn) >= PARALLEL_FROM_EVENTS
+        if many:
+            return _replay_parallel(store, config, as_of, progress, workers)
     summaries: list[ContactSummary] = []
     batch: list[ContactEvaluation] = []
     targets = 0
@@ -74,6 +91,68 @@ def replay(
         store.save_evaluations(conn, batch, replace=False)
         links = find_repeats(summaries, config.policy.repeat_window)
         store.set_repeats(conn, dict(links))
+    return ReplaySummary(len(summaries), targets, len(links))
+
+
+PARALLEL_FROM_EVENTS = 50_000  # below this, starting processes costs more than it saves
+
+# What a forked replay worker needs: set before the pool starts, inherited by fork (the
+# config holds calendars and compiled rules; no need to pickle it)
+_job: tuple[str, Config, datetime, dict[str, datetime | None]] | None = None
+
+
+def _replay_range(
+    bounds: tuple[ContactKey | None, ContactKey | None],
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[ContactSummary], int]:
+    """In a worker process: evaluate the contacts in [start, stop) and build their rows."""
+    assert _job is not None
+    url, config, as_of, watermarks = _job
+    store = Store(url)  # its own connections: never the parent's, inherited by fork
+    try:
+        evaluations = []
+        events = 0
+        with store.engine.connect() as conn:
+            for evs in store.iter_contacts(conn, to_micros(as_of), *bounds):
+                wm = watermarks.get(evs[0].source) or as_of
+                evaluations.append(evaluate_contact(evs, config.policy, as_of, min(wm, as_of)))
+                events += len(evs)
+        contact_rows, target_rows = evaluation_rows(evaluations)
+        return contact_rows, target_rows, [_summary(ev) for ev in evaluations], events
+    finally:
+        store.close()
+
+
+def _replay_parallel(
+    store: Store, config: Config, as_of: datetime, progress: Progress | None, workers: int
+) -> ReplaySummary:
+    global _job
+    with store.engine.connect() as conn:
+        watermarks = {n: s.watermark for n, s in store.load_sources(conn).items()}
+        points = store.contact_split_points(conn, workers * 16)
+    edges: list[ContactKey | None] = [None, *points, None]
+    ranges = list(pairwise(edges))
+    summaries: list[ContactSummary] = []
+    targets = events = 0
+    last = time.monotonic()
+    _job = (store.url, config, as_of, watermarks)
+    try:
+        # forked before this process opens its writing transaction
+        with multiprocessing.get_context("fork").Pool(workers) as pool, store.begin() as conn:
+            store.clear_state(conn)
+            for contact_rows, target_rows, part, n in pool.imap_unordered(_replay_range, ranges):
+                store.write_state_rows(conn, contact_rows, target_rows)
+                summaries.extend(part)
+                targets += len(target_rows)
+                events += n
+                if progress is not None and time.monotonic() - last >= 1.0:
+                    progress(len(summaries), events)
+                    last = time.monotonic()
+            links = find_repeats(summaries, config.policy.repeat_window)
+            store.set_repeats(conn, dict(links))
+    finally:
+        _job = None
+    if progress is not None:
+        progress(len(summaries), events)
     return ReplaySummary(len(summaries), targets, len(links))
 
 
