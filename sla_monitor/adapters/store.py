@@ -317,6 +317,11 @@ class Store:
         if current:
             yield current
 
+    def event_id_span(self, conn: Connection) -> int:
+        """About how many events are stored (ids, not a count: no table scan)."""
+        low, high = conn.execute(select(func.min(EVENTS.c.id), func.max(EVENTS.c.id))).one()
+        return 0 if low is None else int(high) - int(low) + 1
+
     def contact_split_points(self, conn: Connection, parts: int) -> list[ContactKey]:
         """About `parts - 1` contact keys that cut the stored events into `parts` ranges of
         similar size, from a sample of event ids (cheap: primary-key lookups, no scan)."""

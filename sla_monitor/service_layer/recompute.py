@@ -22,7 +22,7 @@ from sla_monitor.domain.engine import (
     evaluate_contact,
     find_repeats,
 )
-from sla_monitor.domain.events import ContactKey
+from sla_monitor.domain.events import ContactKey, Event
 from sla_monitor.domain.timeutil import from_micros, iso, to_micros
 
 Progress = Callable[[int, int], None]  # (contacts done, events done)
@@ -36,8 +36,7 @@ def _evaluations(
         contacts = events = 0
         last = time.monotonic()
         for evs in store.iter_contacts(conn, until_us=to_micros(as_of)):
-            wm = watermarks.get(evs[0].source) or as_of
-            yield evaluate_contact(evs, config.policy, as_of, min(wm, as_of))
+            yield _evaluate(evs, config, as_of, watermarks)
             contacts += 1
             events += len(evs)
             if progress is not None and time.monotonic() - last >= 1.0:
@@ -45,6 +44,14 @@ def _evaluations(
                 last = time.monotonic()
         if progress is not None:
             progress(contacts, events)
+
+
+def _evaluate(
+    events: list[Event], config: Config, as_of: datetime, watermarks: dict[str, datetime | None]
+) -> ContactEvaluation:
+    """One contact as of `as_of`, judged up to where its source has been read completely."""
+    wm = watermarks.get(events[0].source) or as_of
+    return evaluate_contact(events, config.policy, as_of, min(wm, as_of))
 
 
 def _summary(ev: ContactEvaluation) -> ContactSummary:
@@ -73,7 +80,7 @@ def replay(
     workers = workers if workers is not None else (os.cpu_count() or 1)
     if workers > 1:
         with store.engine.connect() as conn:
-            many = store.count_events(conn) >= PARALLEL_FROM_EVENTS
+            many = store.event_id_span(conn) >= PARALLEL_FROM_EVENTS
         if many:
             return _replay_parallel(store, config, as_of, progress, workers)
     summaries: list[ContactSummary] = []
@@ -113,8 +120,7 @@ def _replay_range(
         events = 0
         with store.engine.connect() as conn:
             for evs in store.iter_contacts(conn, to_micros(as_of), *bounds):
-                wm = watermarks.get(evs[0].source) or as_of
-                evaluations.append(evaluate_contact(evs, config.policy, as_of, min(wm, as_of)))
+                evaluations.append(_evaluate(evs, config, as_of, watermarks))
                 events += len(evs)
         contact_rows, target_rows = evaluation_rows(evaluations)
         return contact_rows, target_rows, [_summary(ev) for ev in evaluations], events
