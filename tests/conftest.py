@@ -60,12 +60,22 @@ class PostgresServer:
     def start(self) -> None:
         data = self.tmp / "data"
         self._run(self.bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
-        opts = (
+        opts = self._opts = (
             f"-p {self.port} -k {self.tmp} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off"
         )
         self._run(
             self.bindir / "pg_ctl", "-D", data, "-o", opts, "-l", self.tmp / "log", "-w", "start"
+        )
+
+    def halt(self) -> None:
+        """Stop the server, keeping its data (an outage); `resume` starts it again."""
+        self._run(self.bindir / "pg_ctl", "-D", self.tmp / "data", "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        self._run(
+            self.bindir / "pg_ctl", "-D", self.tmp / "data", "-o", self._opts, "-l",
+            self.tmp / "log", "-w", "start",
         )
 
     def stop(self) -> None:
