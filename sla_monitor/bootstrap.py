@@ -22,7 +22,7 @@ from sla_monitor.entrypoints.http import serve
 from sla_monitor.publishing.alertmanager import AlertmanagerPublisher
 from sla_monitor.publishing.metrics import MonitorCollector
 from sla_monitor.service_layer.clock import AcceleratedClock, Clock, SystemClock
-from sla_monitor.service_layer.monitor import Monitor
+from sla_monitor.service_layer.monitor import Monitor, store_unreachable
 from sla_monitor.sources import Source, build_source
 from sla_monitor.sources.abc import AuthFailed, SourceError
 
@@ -99,9 +99,17 @@ class App:
             if owned is not None:
                 owned.discard(name)
             return
-        except Exception:
-            log.exception("storing the poll of source %s failed; it will be read again", name)
-            self.monitor.poll_failed(name, cfg.kind, "store error", time.perf_counter() - started)
+        except Exception as exc:
+            if not store_unreachable(exc):  # an outage is logged once, by the monitor
+                log.error(
+                    "storing the poll of source %s failed (%s); it will be read again",
+                    name,
+                    exc,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
+            self.monitor.poll_failed(
+                name, cfg.kind, "store unavailable", time.perf_counter() - started
+            )
             self._poll_again(name, self._backoff(cfg, 1))
             return
         self.polled.add(name)
@@ -161,9 +169,15 @@ class App:
             self._wake_at = None
         try:
             self.monitor.wake()
-        except Exception:
-            log.exception("deadline evaluation failed")
-            self.schedule_wake(self.clock.now() + timedelta(seconds=1))
+        except Exception as exc:
+            if not store_unreachable(exc):  # an outage is logged once, by the monitor
+                log.error(
+                    "deadline evaluation failed (%s); retried in a second",
+                    exc,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
+            # what fell due stays due: retried until the store takes it
+            self.schedule_wake(self.clock.now() + timedelta(seconds=self.clock.speed))
 
     def schedule_wake(self, at: datetime | None) -> None:
         """Keep exactly one wake-up job, at the monitor's next warning point or deadline."""
@@ -289,7 +303,14 @@ class App:
         self.alerts.commit_lock = self.monitor.lock
         with self.store.begin() as conn:
             self.alerts.load(self.store.alerting_targets(conn))  # re-send what is active
+        self.monitor.on_resync = self._resync_alerts
         self.alerts.start()
+
+    def _resync_alerts(self) -> None:
+        """The monitor re-read its memory after a commit of unknown fate: so do the pages."""
+        if self.alerts is not None:
+            with self.store.begin() as conn:
+                self.alerts.reconcile(self.store.alerting_targets(conn))
 
     def start(self) -> None:
         if self.cluster is not None:
@@ -339,6 +360,8 @@ class App:
     def readiness(self) -> tuple[bool, str]:
         if not self.monitor.ready:
             return False, "loading state"
+        if self.monitor.store_error is not None:
+            return False, f"database unavailable: {self.monitor.store_error}"
         expected = set(self.sources)
         if self.monitor.owned_sources is not None:  # cluster: the sources this replica polls
             expected = set(self.monitor.owned_sources)

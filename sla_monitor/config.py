@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -283,11 +283,29 @@ class ClusterConfig(_Model):
         return _duration(v)
 
 
+class LimitsConfig(_Model):
+    """What input is accepted (docs/reliability.md); anything outside is set aside."""
+
+    earliest: datetime = datetime(2000, 1, 1, tzinfo=UTC)  # events before this are rejected
+    future: timedelta = timedelta(days=1)  # events more than this after the clock: rejected
+
+    @field_validator("future", mode="before")
+    @classmethod
+    def _future(cls, v: Any) -> timedelta:
+        return _duration(v)
+
+    @field_validator("earliest", mode="after")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        return v if v.tzinfo else v.replace(tzinfo=UTC)
+
+
 class Settings(_Model):
     database: DatabaseConfig | str = DatabaseConfig()
     listen: str = DEFAULT_LISTEN
     alerting: AlertingConfig = AlertingConfig()
     cluster: ClusterConfig = ClusterConfig()
+    limits: LimitsConfig = LimitsConfig()
     calendars: dict[str, CalendarConfig] = {}
     policy: PolicyConfig
     sources: list[SourceConfig] = []

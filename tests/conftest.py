@@ -74,8 +74,15 @@ class PostgresServer:
 
     def resume(self) -> None:
         self._run(
-            self.bindir / "pg_ctl", "-D", self.tmp / "data", "-o", self._opts, "-l",
-            self.tmp / "log", "-w", "start",
+            self.bindir / "pg_ctl",
+            "-D",
+            self.tmp / "data",
+            "-o",
+            self._opts,
+            "-l",
+            self.tmp / "log",
+            "-w",
+            "start",
         )
 
     def stop(self) -> None:

@@ -99,13 +99,19 @@ class PollCountRow(Base):
 
 class RejectedRow(Base):
     __tablename__ = "rejected_events"
-    __table_args__ = (Index("ix_rejected_source", "source", "reason"),)
+    __table_args__ = (
+        Index("ix_rejected_source", "source", "reason"),
+        Index("ux_rejected_key", "source", "key", unique=True),
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     source: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str] = mapped_column(String(64))
     detail: Mapped[str] = mapped_column(Text)
     payload: Mapped[str] = mapped_column(Text)
     rejected_us: Mapped[int] = mapped_column(BigInteger)
+    # what the rejection is about (reason, where, payload): the same input read again is
+    # the same rejection, counted once
+    key: Mapped[str | None] = mapped_column(String(64))
 
 
 class LeaseRow(Base):

@@ -78,6 +78,12 @@ CARRIED_RESPONSES = cast(Table, CarriedResponseRow.__table__)
 NO_PRIORITY = "none"  # label for contacts whose source gives no priority
 
 
+def _printable(text: str) -> str:
+    """Text any database accepts (PostgreSQL refuses NUL): a rejected item is kept as read,
+    with NUL written out."""
+    return text.replace("\x00", "\\u0000") if "\x00" in text else text
+
+
 def _us(dt: datetime | None) -> int | None:
     return None if dt is None else to_micros(dt)
 
@@ -186,6 +192,8 @@ class Store:
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        else:  # after a database restart, pooled connections are dead: test before use
+            kwargs["pool_pre_ping"] = True
         self.engine: Engine = create_engine(url, **kwargs)
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite":
@@ -236,7 +244,8 @@ class Store:
     # -- events -------------------------------------------------------------------------
 
     def add_events(self, conn: Connection, events: Sequence[Event], now_us: int) -> list[Event]:
-        """Insert, skipping ones already stored; returns the events that were new."""
+        """Insert, skipping ones already stored; returns the events that were new. Each
+        (source, event id) must appear once in `events` (the monitor screens batches)."""
         if not events:
             return []
         by_key = {e.dedup_key: e for e in events}
@@ -263,23 +272,47 @@ class Store:
         insert_rows(conn, EVENTS, EVENT_ROW_COLUMNS, [event_tuple(e, now_us) for e in fresh])
         return fresh
 
+    def stored_copies(
+        self, conn: Connection, events: Iterable[Event]
+    ) -> dict[tuple[str, str], Event]:
+        """The stored events with the same (source, event id) as these."""
+        out: dict[tuple[str, str], Event] = {}
+        keys = [e.dedup_key for e in events]
+        for where in _by_contact(EVENTS, keys, id_column="event_id"):
+            for r in conn.execute(select(*_EVENT_COLUMNS).where(where)):
+                out[(r[0], r[1])] = _row_event(r)
+        return out
+
     def add_rejected(
         self, conn: Connection, source: str, items: Sequence[Rejected], now_us: int
-    ) -> None:
-        if items:
+    ) -> list[Rejected]:
+        """Store rejections not stored before (by their key); returns those that are new."""
+        if not items:
+            return []
+        by_key: dict[str, Rejected] = {}
+        for r in items:
+            by_key.setdefault(r.key, r)
+        for i in range(0, len(by_key), 900):
+            chunk = list(by_key)[i : i + 900]
+            q = select(REJECTED.c.key).where(REJECTED.c.source == source, REJECTED.c.key.in_(chunk))
+            for (known,) in conn.execute(q):
+                by_key.pop(known, None)
+        if by_key:
             conn.execute(
                 REJECTED.insert(),
                 [
                     {
                         "source": source,
                         "reason": r.reason,
-                        "detail": r.detail[:4000],
-                        "payload": r.payload[:20000],
+                        "detail": _printable(r.detail[:4000]),
+                        "payload": _printable(r.payload[:20000]),
                         "rejected_us": now_us,
+                        "key": key,
                     }
-                    for r in items
+                    for key, r in by_key.items()
                 ],
             )
+        return list(by_key.values())
 
     def events_for(
         self, conn: Connection, keys: Iterable[ContactKey]
@@ -363,11 +396,11 @@ class Store:
         stmt = self._insert(SOURCES).values(name=s.name, **values)
         conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=values))
 
-    def count_poll(self, conn: Connection, source: str, result: str) -> None:
-        stmt = self._insert(POLLS).values(source=source, result=result, count=1)
+    def count_poll(self, conn: Connection, source: str, result: str, n: int = 1) -> None:
+        stmt = self._insert(POLLS).values(source=source, result=result, count=n)
         conn.execute(
             stmt.on_conflict_do_update(
-                index_elements=["source", "result"], set_={"count": POLLS.c.count + 1}
+                index_elements=["source", "result"], set_={"count": POLLS.c.count + n}
             )
         )
 

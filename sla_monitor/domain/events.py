@@ -227,3 +227,43 @@ def normalize(events: list[Event]) -> list[Event]:
     """De-duplicate by (source, event id) and order deterministically."""
     unique = {e.dedup_key: e for e in sorted(events, key=Event.sort_key, reverse=True)}
     return sorted(unique.values(), key=Event.sort_key)
+
+
+# The longest value each field may have: the store's column widths (in characters).
+FIELD_LIMITS: dict[str, int] = {
+    "source": 200,
+    "event_id": 500,
+    "conversation_id": 500,
+    "queue": 200,
+    "customer_id": 500,
+    "priority": 64,
+    "tier": 64,
+    "reason": 200,
+}
+MAX_TAGS_CHARS = 10_000
+
+
+def event_problem(e: Event, earliest: datetime, latest: datetime) -> tuple[str, str] | None:
+    """What makes a well-formed event unacceptable — a value the store cannot hold, or an
+    instant outside [earliest, latest] — as (reason, message); None when it is fine.
+    Checked before anything is stored, so that one item can never fail a whole batch."""
+    for name, limit in FIELD_LIMITS.items():
+        value = getattr(e, name)
+        if value is None:
+            continue
+        if len(value) > limit:
+            return "too_long", f"{name} has {len(value)} characters (at most {limit})"
+        if "\x00" in value:
+            return "bad_field", f"{name} contains a NUL character"
+    if e.tags:
+        if any("\x00" in t for t in e.tags):
+            return "bad_field", "tags contain a NUL character"
+        if sum(len(t) + 4 for t in e.tags) > MAX_TAGS_CHARS:
+            return "too_long", f"tags have more than {MAX_TAGS_CHARS} characters"
+    if not earliest <= e.occurred_at <= latest:
+        return (
+            "out_of_range",
+            f"occurred_at {iso(e.occurred_at)} is outside the accepted range "
+            f"{iso(earliest)} .. {iso(latest)} (settings: limits)",
+        )
+    return None

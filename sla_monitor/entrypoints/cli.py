@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ from sla_monitor.domain.timeutil import (
 )
 from sla_monitor.sources.abc import Rejected
 from sla_monitor.sources.jsonl import parse_line
+from sla_monitor.sources.tail import MAX_LINE_BYTES
 
 log = logging.getLogger("sla_monitor")
 
@@ -132,9 +134,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
+    if args.max_line_bytes < 1:
+        raise UsageError("--max-line-bytes must be at least 1")
     events: dict[str, list[Event]] = {}
     rejected: dict[str, list[Rejected]] = {}
     totals = {"lines": 0, "events": 0, "new": 0, "rejected": 0, "archived": 0}
+    reasons: Counter[str] = Counter()
     last = time.monotonic()
     watermark = args.watermark or datetime.now(UTC)
 
@@ -143,35 +148,61 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     def flush() -> None:
         for source in sorted(set(events) | set(rejected)):
             seen.add(source)
-            given = rejected.get(source, [])
-            summary = monitor.ingest(source, events.get(source, []), given)
+            summary = monitor.ingest(source, events.get(source, []), rejected.get(source, []))
             totals["new"] += summary.new
-            totals["archived"] += summary.rejected - len(given)  # before an archive horizon
+            reasons.update(summary.reasons)
         events.clear()
         rejected.clear()
+
+    def set_aside(item: Rejected) -> None:
+        # counted under the source the line names, where it names one
+        rejected.setdefault(item.source or args.source, []).append(item)
+        totals["rejected"] += 1
+        print(f"rejected: {item.detail}", file=sys.stderr)
 
     defaults = {"source": args.source}
     problems: list[str] = []
     with _open_events(path) as fh:
-        for n, raw in enumerate(_lines(fh, path, problems), 1):
-            text = raw.decode("utf-8", errors="replace").strip()
+        for n, raw in enumerate(_lines(fh, path, problems, args.max_line_bytes), 1):
+            where = f"{path}:{n}"
+            if raw is None:
+                set_aside(
+                    Rejected(
+                        "too_long",
+                        f"{where}: line longer than {args.max_line_bytes} bytes "
+                        "(--max-line-bytes); skipped",
+                        "",
+                    )
+                )
+                continue
+            try:
+                text = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                payload = raw.decode("utf-8", "backslashreplace").strip()
+                set_aside(
+                    Rejected(
+                        "bad_encoding",
+                        f"{where}: not valid UTF-8 (byte {exc.start} of the line)",
+                        payload,
+                        _named_source(raw.decode("utf-8", "replace")),
+                    )
+                )
+                continue
             if not text:
                 continue
             totals["lines"] += 1
-            item = parse_line(text, None, defaults, f"{path}:{n}")
+            item = parse_line(text, None, defaults, where)
             if isinstance(item, Event):
                 events.setdefault(item.source, []).append(item)
                 totals["events"] += 1
             else:
-                rejected.setdefault(args.source, []).append(item)
-                totals["rejected"] += 1
-                print(f"rejected: {item.detail}", file=sys.stderr)
+                set_aside(item)
             if totals["lines"] % 20000 == 0:
                 flush()
                 if time.monotonic() - last >= 1.0:
                     print(
                         f"ingest: {totals['lines']} lines, {totals['new']} new events, "
-                        f"{totals['rejected']} rejected",
+                        f"{sum(reasons.values())} set aside",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -182,22 +213,34 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if not problems:  # a file cut short does not hold every event up to the watermark
         for source in sorted(seen):
             monitor.ingest(source, [], [], watermark)
-    stored = totals["events"] - totals["new"] - totals["archived"]
+    aside = sum(reasons.values())
+    archived = reasons.get("archived", 0)
+    stored = totals["events"] - totals["new"] - (aside - totals["rejected"])  # the rest
+    why = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items()) if r != "archived")
     print(
         f"ingested {path}: {totals['lines']} lines, {totals['events']} events "
         f"({totals['new']} new, {stored} already stored"
-        + (
-            f", {totals['archived']} set aside as older than the archive horizon"
-            if totals["archived"]
-            else ""
-        )
-        + f"), {totals['rejected']} rejected; "
+        + (f", {archived} set aside as older than the archive horizon" if archived else "")
+        + f"), {aside - archived} rejected"
+        + (f" ({why})" if why else "")
+        + "; "
         + ("watermark not advanced (file cut short)" if problems else f"watermark {iso(watermark)}")
     )
     store.close()
     if problems:
         return 1
-    return 1 if args.strict and (totals["rejected"] or totals["archived"]) else 0
+    return 1 if args.strict and aside else 0
+
+
+def _named_source(payload: str) -> str | None:
+    """The source a rejected line names, if it is readable enough to tell."""
+    try:
+        raw = json.loads(payload)
+    except ValueError:
+        return None
+    named = raw.get("source") if isinstance(raw, dict) else None
+    ok = isinstance(named, str) and 0 < len(named) <= 200 and "\x00" not in named
+    return named if ok else None
 
 
 def _open_events(path: Path) -> IO[bytes]:
@@ -207,9 +250,18 @@ def _open_events(path: Path) -> IO[bytes]:
     return path.open("rb")
 
 
-def _lines(fh: IO[bytes], path: Path, problems: list[str]) -> Iterator[bytes]:
+def _lines(
+    fh: IO[bytes], path: Path, problems: list[str], max_bytes: int
+) -> Iterator[bytes | None]:
+    """The file's lines; None for one longer than `max_bytes` (never held in memory whole)."""
     try:
-        yield from fh
+        while raw := fh.readline(max_bytes + 1):
+            if len(raw) <= max_bytes or raw.endswith(b"\n"):
+                yield raw
+                continue
+            while (rest := fh.readline(1 << 16)) and not rest.endswith(b"\n"):
+                pass  # skip to the end of the over-long line
+            yield None
     except (EOFError, OSError, zlib.error) as exc:
         # a gzip file cut short (a crash while archiving): every line before it is intact
         problems.append(f"{path}: stopped reading early: {exc}")
@@ -517,6 +569,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the file holds every event up to this instant (default: now)",
     )
     ing.add_argument("--strict", action="store_true", help="exit 1 if any line was rejected")
+    ing.add_argument(
+        "--max-line-bytes",
+        type=int,
+        default=MAX_LINE_BYTES,
+        metavar="N",
+        help=f"longer lines are rejected and skipped (default: {MAX_LINE_BYTES})",
+    )
     ing.set_defaults(func=cmd_ingest)
 
     rp = sub.add_parser(

@@ -67,6 +67,24 @@ def facts_from(ev: ContactEvaluation, t: TargetResult) -> AlertFacts:
     )
 
 
+def _facts_of_row(r: Any) -> AlertFacts:
+    """A stored breached or at-risk target (Store.alerting_targets)."""
+    return AlertFacts(
+        r.source,
+        r.conversation_id,
+        r.target,
+        r.seq,
+        r.channel,
+        r.queue,
+        r.priority,
+        r.customer_id,
+        from_micros(r.started_us),
+        from_micros(r.deadline_us) if r.deadline_us is not None else None,
+        timedelta(0),
+        r.state,
+    )
+
+
 def _human(d: timedelta) -> str:
     """A duration for people: whole seconds, never negative."""
     return format_duration(timedelta(seconds=round(max(d.total_seconds(), 0.0))))
@@ -130,23 +148,24 @@ class AlertmanagerPublisher:
     def load(self, rows: Iterable[Any]) -> None:
         """After a restart: what is still breached or at risk is active again."""
         for r in rows:
-            self.apply(
-                AlertFacts(
-                    r.source,
-                    r.conversation_id,
-                    r.target,
-                    r.seq,
-                    r.channel,
-                    r.queue,
-                    r.priority,
-                    r.customer_id,
-                    from_micros(r.started_us),
-                    from_micros(r.deadline_us) if r.deadline_us is not None else None,
-                    timedelta(0),
-                    r.state,
-                ),
-                True,
-            )
+            self.apply(_facts_of_row(r), True)
+
+    def reconcile(self, rows: Iterable[Any]) -> None:
+        """Make the active set exactly what the store says is breached or at risk (after
+        the monitor re-read its memory): what is no longer there is resolved."""
+        wanted: dict[AlertKey, AlertFacts] = {}
+        for r in rows:
+            f = _facts_of_row(r)
+            name = LAPSED if f.state == TargetState.BREACHED.value else AT_RISK
+            wanted[(f.source, f.conversation_id, f.target, f.seq, name)] = f
+        with self._cond:
+            for key in [k for k in self.active if k not in wanted]:
+                payload = self._payload(key, self.active.pop(key), resolved=True)
+                for url in self.urls:
+                    self.resolved[url][key] = payload
+            self.active.update(wanted)
+            self._dirty = True
+            self._cond.notify()
 
     # -- payloads -------------------------------------------------------------------------
 

@@ -131,6 +131,8 @@ class MonitorCollector(Collector):
         )
         now = snap["now"]
         for name, h in sorted(snap["sources"].items()):
+            if not h.configured:  # removed from the config, or a one-off `ingest`: no poller
+                continue
             up.add_metric([name], 1.0 if h.up else 0.0)
             if h.last_success is not None:
                 last.add_metric([name], h.last_success.timestamp())

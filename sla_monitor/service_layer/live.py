@@ -100,6 +100,7 @@ class SourceHealth:
     previous_watermark: datetime | None = None
     watermark_advanced_at: datetime | None = None
     consecutive_failures: int = 0
+    configured: bool = False  # in the config (a source only in the store reports no health)
 
 
 class LiveState:

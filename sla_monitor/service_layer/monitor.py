@@ -11,12 +11,26 @@ import json
 import logging
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Protocol
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    DisconnectionError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    StatementError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from sla_monitor.adapters.store import NO_PRIORITY, ClusterStore, SourceState, Store
 from sla_monitor.config import Config
@@ -28,7 +42,7 @@ from sla_monitor.domain.engine import (
     evaluate_contact,
     find_repeats,
 )
-from sla_monitor.domain.events import ContactKey, Event
+from sla_monitor.domain.events import ContactKey, Event, event_problem
 from sla_monitor.domain.timeutil import from_micros, iso, to_micros
 from sla_monitor.service_layer.clock import Clock
 from sla_monitor.service_layer.live import (
@@ -70,8 +84,47 @@ class _Row:
 class IngestSummary:
     received: int = 0
     new: int = 0
-    rejected: int = 0
+    rejected: int = 0  # items set aside by this call (also ones already set aside before)
     contacts: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)  # rejected, by reason
+
+
+def store_unreachable(exc: BaseException) -> bool:
+    """A failure of the database itself (down, restarting, connection killed, locked), as
+    opposed to the database refusing one item: retried as a whole, never bisected."""
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout | DisconnectionError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def _item_error(exc: BaseException) -> bool:
+    """A failure one item can cause (a value the database or the engine refuses): worth
+    finding the item. Anything else (the store away, a full disk, a bug) fails the batch."""
+    if store_unreachable(exc):
+        return False
+    if isinstance(exc, DBAPIError):
+        return isinstance(exc, DataError | IntegrityError)
+    return isinstance(exc, StatementError | ValueError | ArithmeticError | TypeError | LookupError)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line naming the failure (never SQL parameters: they may hold anything)."""
+    inner = getattr(exc, "orig", None) or exc
+    text = str(inner).strip().splitlines()
+    return f"{type(inner).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
+
+
+class _Probe(Exception):
+    """Raised at the end of a trial transaction, to roll it back on purpose."""
+
+
+@dataclass
+class _Pending:
+    """What a transaction will change in memory: applied after COMMIT, dropped on rollback
+    (the unit-of-work rule: memory follows the store)."""
+
+    on_commit: list[tuple[Callable[..., Any], tuple[Any, ...]]] = field(default_factory=list)
+    on_rollback: list[Callable[[], Any]] = field(default_factory=list)
 
 
 class Monitor:
@@ -103,18 +156,36 @@ class Monitor:
         self.replica_id = ""
         self.exports_contacts = True  # the leader's (or the only process's) metrics
         self.owned_sources: set[str] | None = None  # sources whose metrics this replica exports
+        limits = config.settings.limits
+        self.earliest, self.future = limits.earliest, limits.future
+        self._tx: _Pending | None = None
+        # the store's health: None while reachable, else why not (readiness reports it)
+        self.store_error: str | None = None
+        self._store_down_since: float | None = None
+        self._in_doubt = False  # a COMMIT failed: it may have happened; re-read memory
+        self._unsaved_polls: Counter[tuple[str, str]] = Counter()  # failures to count
+        self.on_resync: Callable[[], None] | None = None  # after memory is re-read
 
     # -- start-up -------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Resume from the store: counters, open targets, deadlines. No recompute."""
-        live = self.live
+        """Resume from the store: counters, open targets, deadlines. No recompute. Built
+        aside and swapped in whole, so a failed load leaves the old state as it was."""
+        old = self.live
+        live = LiveState(old.buckets)
+        live.detection_delay = old.detection_delay
+        live.series = set(old.series)
+        wake_heap: list[tuple[int, ContactKey]] = []
+        wake_at: dict[ContactKey, int] = {}
+        awaiting: dict[str, list[tuple[int, ContactKey]]] = {}
         with self.lock, self.store.begin() as conn:
-            self.sources = self.store.load_sources(conn)
-            for name, s in self.sources.items():
-                live.sources.setdefault(name, SourceHealth(name, s.kind))
-                live.sources[name].watermark = s.watermark
-                live.sources[name].last_success = s.last_success
+            sources = self.store.load_sources(conn)
+            for name, h in old.sources.items():  # configured sources keep their health
+                live.sources[name] = SourceHealth(**vars(h))
+            for name, s in sources.items():
+                health = live.sources.setdefault(name, SourceHealth(name, s.kind))
+                health.watermark = s.watermark
+                health.last_success = s.last_success
             for key, n in self.store.outcome_counts(conn):
                 live.outcomes[key] = n
             for key, n in self.store.opened_counts(conn):
@@ -145,21 +216,118 @@ class Monitor:
                     (ck[0], ck[1], sys.intern(r.target), r.seq),
                     OpenTarget.of(r.channel, r.queue, r.target, r.state, r.started_us),
                 )
-            for src, conv, wake_us, awaiting_us in self.store.pending_wakes(conn):
+            pending = list(self.store.pending_wakes(conn))
+            for name, state in self.sources.items():  # declared, not stored yet
+                sources.setdefault(name, state)
+            self.sources = sources
+            self.live, self._wake_heap, self._wake_at, self._awaiting = (
+                live,
+                wake_heap,
+                wake_at,
+                awaiting,
+            )
+            for src, conv, wake_us, awaiting_us in pending:
                 ck = (sys.intern(src), conv)
                 self._schedule(contacts.get(ck, ck), wake_us, awaiting_us)
             del contacts
         self.ready = True
 
     def declare(self, source: str, kind: str, channel: str | None, queues: Iterable[str]) -> None:
-        """A configured source: export zero series for its queues before it has any traffic."""
+        """A configured source: export zero series for its queues before it has any traffic,
+        and its health (a source known only from the store has none to report)."""
         with self.lock:
-            self.live.sources.setdefault(source, SourceHealth(source, kind))
+            self.live.sources.setdefault(source, SourceHealth(source, kind)).configured = True
             if source not in self.sources:
                 self.sources[source] = SourceState(source, kind)
             if channel:
                 for q in queues:
                     self.live.series.add((channel, q))
+
+    # -- transactions -----------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """One store transaction whose in-memory consequences (registered with `_defer`)
+        apply only once it has committed; on rollback, `_undo` actions restore memory."""
+        assert self._tx is None, "transactions do not nest"
+        tx = self._tx = _Pending()
+        body_done = False
+        try:
+            with self.store.begin() as conn:
+                yield conn
+                body_done = True
+        except BaseException as exc:
+            self._tx = None
+            for undo in reversed(tx.on_rollback):
+                undo()
+            if isinstance(exc, _Probe):
+                raise
+            if body_done:
+                self._in_doubt = True  # the COMMIT itself failed: it may still have happened
+            if store_unreachable(exc):
+                self._store_failed(exc)
+            raise
+        self._tx = None
+        self._store_reachable()
+        for fn, args in tx.on_commit:
+            fn(*args)
+        if self._in_doubt:
+            try:
+                self._resync()
+            except Exception as exc:  # still in doubt: the next commit tries again
+                log.warning("re-reading memory from the store failed (%s)", _reason(exc))
+
+    def _defer(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Change memory when the current transaction commits (at once outside one)."""
+        if self._tx is None:
+            fn(*args)
+        else:
+            self._tx.on_commit.append((fn, args))
+
+    def _undo(self, fn: Callable[[], Any]) -> None:
+        if self._tx is not None:
+            self._tx.on_rollback.append(fn)
+
+    def _store_failed(self, exc: BaseException) -> None:
+        if self.store_error is None:  # logged once per outage, not once per retry
+            self._store_down_since = time.monotonic()
+            log.error(
+                "database unavailable (%s); polls and deadlines wait, nothing is lost",
+                _reason(exc),
+            )
+        self.store_error = _reason(exc)
+
+    def _store_reachable(self) -> None:
+        if self.store_error is not None:
+            down = time.monotonic() - (self._store_down_since or time.monotonic())
+            log.warning(
+                "database reachable again after %.0fs; judging what fell due meanwhile", down
+            )
+            self.store_error = None
+
+    def _resync(self) -> None:
+        """A COMMIT failed without saying whether it happened: re-read memory from the store
+        (counters, open targets, deadlines), and let the publishers re-read theirs."""
+        log.warning("re-reading counters and deadlines from the store after a failed commit")
+        self.load()
+        self._in_doubt = False
+        if self.on_resync is not None:
+            self.on_resync()
+
+    def _save_unsaved_polls(self, conn: Connection) -> None:
+        """Poll failures seen while the store was away are counted with the next commit."""
+        if not self._unsaved_polls:
+            return
+        counted = dict(self._unsaved_polls)
+        for (source, result), n in counted.items():
+            self.store.count_poll(conn, source, result, n)
+        self._defer(self._polls_saved, counted)
+
+    def _polls_saved(self, counted: dict[tuple[str, str], int]) -> None:
+        for key, n in counted.items():
+            self._unsaved_polls[key] -= n
+            self.live.polls[key] += n
+        self._unsaved_polls = +self._unsaved_polls  # drop zeros
 
     # -- polls ----------------------------------------------------------------------------
 
@@ -173,10 +341,12 @@ class Monitor:
             state = replace(self.sources.get(source) or SourceState(source, kind))
             state.cursor = result.cursor
             state.last_success = now
-            if result.watermark is not None and (
-                state.watermark is None or result.watermark > state.watermark
-            ):
-                state.watermark = result.watermark
+            # a source cannot vouch beyond the instants it may deliver (limits.future)
+            mark = result.watermark
+            if mark is not None:
+                mark = min(mark, now + self.future)
+            if mark is not None and (state.watermark is None or mark > state.watermark):
+                state.watermark = mark
             summary = self._ingest(source, result.events, result.rejected, state, now, "ok")
             health = self.live.sources.setdefault(source, SourceHealth(source, kind))
             health.up, health.last_success, health.last_duration = True, now, duration
@@ -186,13 +356,22 @@ class Monitor:
     def poll_failed(
         self, source: str, kind: str, error: str, duration: float, result: str = "error"
     ) -> None:
+        """A poll that failed: the source reports down at once; the failure is counted in
+        the store (and then on /metrics) as soon as the store takes it, even after an
+        outage of the store itself."""
         with self.lock:
-            with self.store.begin() as conn:
-                self.store.count_poll(conn, source, result)
-            self.live.polls[(source, result)] += 1
             health = self.live.sources.setdefault(source, SourceHealth(source, kind))
             health.up, health.last_duration, health.last_error = False, duration, error
             health.consecutive_failures += 1
+            self._unsaved_polls[(source, result)] += 1
+            if self.store_error is not None:
+                return  # the store is away: counted with the first commit once it is back
+            try:
+                with self._transaction() as conn:
+                    self._save_unsaved_polls(conn)
+            except Exception as exc:
+                if not store_unreachable(exc):
+                    raise
 
     def ingest(
         self,
@@ -208,6 +387,29 @@ class Monitor:
                 state.watermark = watermark
             return self._ingest(source, events, rejected, state, self.clock.now(), None)
 
+    def _screen(
+        self, source: str, events: Sequence[Event], now: datetime
+    ) -> tuple[list[Event], list[Rejected]]:
+        """Set aside, before anything is stored, every event the store or the engine would
+        refuse, and later copies of an event id whose content differs (the first copy
+        read stands); exact copies are dropped silently (re-reads are normal)."""
+        latest = now + self.future
+        ok: list[Event] = []
+        aside: list[Rejected] = []
+        first: dict[tuple[str, str], Event] = {}
+        for e in events:
+            problem = event_problem(e, self.earliest, latest)
+            if problem is None:
+                seen = first.setdefault(e.dedup_key, e)
+                if seen is e:
+                    ok.append(e)
+                    continue
+                if seen == e:
+                    continue
+                problem = ("conflicting_duplicate", _differs(seen, e))
+            aside.append(_rejected(source, e, *problem))
+        return ok, aside
+
     def _ingest(
         self,
         source: str,
@@ -217,6 +419,74 @@ class Monitor:
         now: datetime,
         poll_result: str | None,
     ) -> IngestSummary:
+        good, aside = self._screen(source, events, now)
+        rejected = [*rejected, *aside]
+        try:
+            summary = self._store_batch(source, good, rejected, state, now, poll_result)
+        except Exception as exc:
+            if not _item_error(exc) or not good:
+                raise
+            # something in the batch was refused after all: find it (trial transactions,
+            # each rolled back), set it aside with the store's reason, and store the rest
+            refused = self._find_refused(source, good, state, now)
+            if not refused or (len(refused) == len(good) > 1):
+                raise  # not an item's fault (or every item's: then it is not theirs either)
+            log.warning(
+                "source %s: the store refused %d of %d events; storing the rest",
+                source,
+                len(refused),
+                len(good),
+            )
+            keep = [e for e in good if e.dedup_key not in refused]
+            set_aside = [_rejected(source, e, "store_refused", why) for e, why in refused.values()]
+            summary = self._store_batch(
+                source, keep, [*rejected, *set_aside], state, now, poll_result
+            )
+        summary.received = len(events)
+        return summary
+
+    def _find_refused(
+        self, source: str, events: list[Event], state: SourceState, now: datetime
+    ) -> dict[tuple[str, str], tuple[Event, str]]:
+        """The events that make a batch fail, by halving (about 2·k·log n trials for k)."""
+
+        def fails(part: list[Event]) -> str | None:
+            try:
+                self._store_batch(source, part, [], state, now, None, probe=True)
+            except _Probe:
+                return None
+            except Exception as exc:
+                if not _item_error(exc):
+                    raise
+                return _reason(exc)
+            return None  # pragma: no cover (a probe always ends in _Probe or an error)
+
+        if fails([]) is not None:
+            return {}  # not an event's fault
+        out: dict[tuple[str, str], tuple[Event, str]] = {}
+        todo = [events]
+        while todo:
+            part = todo.pop()
+            why = fails(part)
+            if why is None:
+                continue
+            if len(part) == 1:
+                out[part[0].dedup_key] = (part[0], why)
+                continue
+            mid = len(part) // 2
+            todo += [part[:mid], part[mid:]]
+        return out
+
+    def _store_batch(
+        self,
+        source: str,
+        events: Sequence[Event],
+        rejected: Sequence[Rejected],
+        state: SourceState,
+        now: datetime,
+        poll_result: str | None,
+        probe: bool = False,
+    ) -> IngestSummary:
         live = self.live
         now_us = to_micros(now)
         health = live.sources.setdefault(source, SourceHealth(source, state.kind))
@@ -224,59 +494,81 @@ class Monitor:
             health.watermark is None or state.watermark > health.watermark
         )
         previous = self.sources.get(source)
-        previous_health = (
-            health.watermark,
-            health.previous_watermark,
-            health.watermark_advanced_at,
-        )
-        self.sources[source] = state  # evaluation below reads the new watermark
-        if advanced:  # breaches this poll makes knowable are knowable from now
-            health.previous_watermark = health.watermark
-            health.watermark_advanced_at = now
-            health.watermark = state.watermark
-        try:
-            with self.store.begin() as conn:
-                events, archived = self._set_aside_archived(conn, events)
-                if archived:
-                    rejected = [*rejected, *archived]
-                new = self.store.add_events(conn, events, now_us)
-                self.store.add_rejected(conn, source, rejected, now_us)
-                self.store.save_source(conn, state)
-                if poll_result:
-                    self.store.count_poll(conn, source, poll_result)
-                keys = {e.contact_key for e in new}
-                if advanced:
-                    assert state.watermark is not None
-                    keys |= self._released(source, to_micros(state.watermark))
-                if self.cluster is not None and poll_result:
-                    # fenced: a replica that lost the source's lease stores nothing
-                    self.cluster.fence(
-                        conn, f"source:{source}", self.replica_id, to_micros(datetime.now(UTC))
-                    )
-                    self.cluster.mark_dirty(conn, keys)
-                    evaluated = 0
-                else:
-                    evaluated = self._evaluate(conn, keys, now, new)
-        except Exception:
-            # nothing was stored: keep the old cursor so the next poll reads the same items
-            if previous is not None:
-                self.sources[source] = previous
+        summary = IngestSummary()
+        with self._transaction() as conn:
+            # evaluation below reads the new watermark; a rollback puts the old one back
+            self.sources[source] = state
+            self._undo(lambda: self._restore_source(source, previous))
+            if advanced:  # breaches this poll makes knowable are knowable from now
+                self._defer(_watermark_advanced, health, state.watermark, now)
+            self._save_unsaved_polls(conn)
+            events, archived = self._set_aside_archived(conn, events)
+            new = self.store.add_events(conn, events, now_us)
+            conflicts = self._stored_conflicts(conn, source, events, new)
+            all_rejected = [*rejected, *archived, *conflicts]
+            fresh = self.store.add_rejected(conn, source, all_rejected, now_us)
+            self.store.save_source(conn, state)
+            if poll_result:
+                self.store.count_poll(conn, source, poll_result)
+            keys = {e.contact_key for e in new}
+            if advanced:
+                assert state.watermark is not None
+                keys |= self._released(source, to_micros(state.watermark))
+            if self.cluster is not None and poll_result:
+                # fenced: a replica that lost the source's lease stores nothing
+                self.cluster.fence(
+                    conn, f"source:{source}", self.replica_id, to_micros(datetime.now(UTC))
+                )
+                self.cluster.mark_dirty(conn, keys)
+                evaluated = 0
             else:
-                del self.sources[source]
-            health.watermark, health.previous_watermark, health.watermark_advanced_at = (
-                previous_health
-            )
-            raise
-        self.store.wrote(len(new))
+                evaluated = self._evaluate(conn, keys, now, new)
+            self._defer(self._stored, source, new, fresh, poll_result)
+            if probe:
+                raise _Probe
+        try:
+            self.store.wrote(len(new))
+        except Exception:  # only planner statistics: never worth failing a committed poll
+            log.debug("refreshing planner statistics failed", exc_info=True)
+        self._notify_wake()
+        summary.new, summary.contacts = len(new), evaluated
+        summary.rejected = len(all_rejected)
+        summary.reasons.update(r.reason for r in all_rejected)
+        return summary
+
+    def _restore_source(self, source: str, previous: SourceState | None) -> None:
+        if previous is not None:
+            self.sources[source] = previous
+        else:
+            self.sources.pop(source, None)
+
+    def _stored(
+        self, source: str, new: list[Event], fresh: list[Rejected], poll_result: str | None
+    ) -> None:
+        live = self.live
         for e in new:
             live.ingested[(e.source, e.kind.value)] += 1
-        for r in rejected:
+        for r in fresh:  # each rejection logged and counted once, however often it is read
             live.rejected[(source, r.reason)] += 1
             log.warning("rejected event from %s (%s): %s", source, r.reason, r.detail)
         if poll_result:
             live.polls[(source, poll_result)] += 1
-        self._notify_wake()
-        return IngestSummary(len(events), len(new), len(rejected), evaluated)
+
+    def _stored_conflicts(
+        self, conn: Connection, source: str, events: Sequence[Event], new: list[Event]
+    ) -> list[Rejected]:
+        """Events already stored under the same id with other content: the stored copy
+        stands (outcomes may rest on it); the new one is set aside as a conflict."""
+        if len(new) == len(events):
+            return []
+        fresh = {e.dedup_key for e in new}
+        again = [e for e in events if e.dedup_key not in fresh]
+        stored = self.store.stored_copies(conn, again)
+        return [
+            _rejected(source, e, "conflicting_duplicate", _differs(stored[e.dedup_key], e))
+            for e in again
+            if e.dedup_key in stored and stored[e.dedup_key] != e
+        ]
 
     def _set_aside_archived(
         self, conn: Connection, events: Sequence[Event]
@@ -354,7 +646,7 @@ class Monitor:
         assert self.cluster is not None
         with self.lock:
             now = self.clock.now()
-            with self.store.begin() as conn:
+            with self._transaction() as conn:
                 self.cluster.fence(conn, "leader", self.replica_id, to_micros(datetime.now(UTC)))
                 keys: set[ContactKey] = set()
                 for name, stored in self.store.load_sources(conn).items():
@@ -363,13 +655,11 @@ class Monitor:
                         continue
                     if mine is None or mine.watermark is None or stored.watermark > mine.watermark:
                         health = self.live.sources.setdefault(name, SourceHealth(name, stored.kind))
-                        health.previous_watermark = health.watermark
-                        health.watermark_advanced_at = now
-                        health.watermark = stored.watermark
-                        if mine is None:
-                            self.sources[name] = stored
-                        else:
-                            mine.watermark = stored.watermark
+                        self._defer(_watermark_advanced, health, stored.watermark, now)
+                        self.sources[name] = (
+                            stored if mine is None else replace(mine, watermark=stored.watermark)
+                        )
+                        self._undo(partial(self._restore_source, name, mine))
                         keys |= self._released(name, to_micros(stored.watermark))
                 seen = self.cluster.dirty(conn, 5000)
                 keys |= set(seen)
@@ -381,10 +671,12 @@ class Monitor:
 
     def _released(self, source: str, watermark_us: int) -> set[ContactKey]:
         heap = self._awaiting.get(source, [])
-        out = set()
+        popped = []
         while heap and heap[0][0] <= watermark_us:
-            out.add(heapq.heappop(heap)[1])
-        return out
+            popped.append(heapq.heappop(heap))
+        if popped:
+            self._undo(partial(_push_all, heap, popped))
+        return {key for _at, key in popped}
 
     # -- deadlines ------------------------------------------------------------------------
 
@@ -396,22 +688,53 @@ class Monitor:
             return from_micros(heap[0][0]) if heap else None
 
     def wake(self) -> int:
-        """Re-evaluate the contacts whose warning point or deadline has come."""
+        """Re-evaluate the contacts whose warning point or deadline has come. If the store
+        fails, they stay due (and are judged by the next wake that reaches it)."""
         with self.lock:
             now = self.clock.now()
             now_us = to_micros(now)
-            due: set[ContactKey] = set()
+            due: dict[ContactKey, int] = {}
             heap = self._wake_heap
             while heap and heap[0][0] <= now_us:
                 at, key = heapq.heappop(heap)
                 if self._wake_at.get(key) == at:
                     del self._wake_at[key]
-                    due.add(key)
-            if due:
-                with self.store.begin() as conn:
-                    self._evaluate(conn, due, now)
+                    due[key] = at
+            try:
+                if due or self._unsaved_polls:
+                    with self._transaction() as conn:
+                        self._save_unsaved_polls(conn)
+                        self._evaluate(conn, set(due), now)
+            except Exception as exc:
+                for key, at in due.items():  # still due: never dropped
+                    if key not in self._wake_at:
+                        self._wake_at[key] = at
+                        heapq.heappush(heap, (at, key))
+                if store_unreachable(exc) or len(due) < 2:
+                    raise
+                self._wake_one_by_one(due, now)
             self._notify_wake()
             return len(due)
+
+    def _wake_one_by_one(self, due: dict[ContactKey, int], now: datetime) -> None:
+        """A wake whose batch failed for a reason other than the store: judge each contact
+        on its own, so one contact that cannot be evaluated never holds up the others."""
+        for key, at in sorted(due.items()):
+            try:
+                with self._transaction() as conn:
+                    self._evaluate(conn, {key}, now)
+            except Exception as exc:
+                if store_unreachable(exc):
+                    raise
+                log.error(
+                    "contact %s:%s cannot be evaluated (%s); retried in a minute",
+                    key[0],
+                    key[1],
+                    _reason(exc),
+                )
+                retry = max(at, to_micros(now)) + 60_000_000
+                self._wake_at[key] = retry
+                heapq.heappush(self._wake_heap, (retry, key))
 
     def _schedule(self, key: ContactKey, wake_us: int | None, awaiting_us: int | None) -> None:
         if wake_us is None:
@@ -490,18 +813,19 @@ class Monitor:
             contact_labels=contact_labels,
             target_labels=target_labels,
         )
-        # live aggregates: remove each old row's contribution, add the new one's
+        # live aggregates (once committed): remove each old row's contribution, add the new
+        defer = self._defer
         for ev in evaluations:
             key = ev.key
             old_c = old_contacts.get(key)
             labels = contact_labels.get(key)
             if old_c is not None and old_c.opened_us is not None:
-                live.opened[(old_c.channel, old_c.queue, old_c.priority)] -= 1
+                defer(_count, live.opened, (old_c.channel, old_c.queue, old_c.priority), -1)
             if ev.opened_at is not None:
                 a = ev.attributes
                 ch, q, p = labels or (a.channel.value, a.queue, a.priority or NO_PRIORITY)
-                live.opened[(ch, q, p)] += 1
-            live.series.add((ev.attributes.channel.value, ev.attributes.queue))
+                defer(_count, live.opened, (ch, q, p), 1)
+            defer(live.series.add, (ev.attributes.channel.value, ev.attributes.queue))
             previous: dict[tuple[str, int], _Row] = {}
             for r in old_targets.get(key, []):
                 row = _Row(
@@ -516,7 +840,7 @@ class Monitor:
                     r.response_seconds,
                 )
                 previous[(r.target, r.seq)] = row
-                self._apply(key, r.seq, row, -1)
+                defer(self._apply, key, r.seq, row, -1)
             for t in ev.targets:
                 a = ev.attributes
                 tk = (key[0], key[1], t.target.value, t.seq)
@@ -536,13 +860,14 @@ class Monitor:
                     to_micros(t.started_at),
                     t.response_seconds,
                 )
-                self._apply(key, t.seq, row, +1)
+                defer(self._apply, key, t.seq, row, +1)
                 before = previous.pop((t.target.value, t.seq), None)
                 if before is None or (before.state, before.is_open) != (row.state, row.is_open):
-                    self._changed(ev, t, before, now)
+                    defer(self._changed, ev, t, before, now)
             for (tname, seq), _row in previous.items():  # targets that no longer exist
-                live.set_open((key[0], key[1], tname, seq), None)
-            self._schedule(
+                defer(live.set_open, (key[0], key[1], tname, seq), None)
+            defer(
+                self._schedule,
                 key,
                 to_micros(ev.next_wake) if ev.next_wake else None,
                 to_micros(ev.awaiting_watermark) if ev.awaiting_watermark else None,
@@ -652,7 +977,7 @@ class Monitor:
         labels = self.store.contacts_for(conn, list(changed))
         for key, link in changed.items():
             r = labels[key]
-            self.live.repeats[(r.channel, r.queue)] += 1 if link else -1
+            self._defer(_count, self.live.repeats, (r.channel, r.queue), 1 if link else -1)
 
     # -- read side ------------------------------------------------------------------------
 
@@ -677,4 +1002,38 @@ class Monitor:
             }
 
 
-__all__ = ["IngestSummary", "Monitor", "TargetListener", "TargetState"]
+def _push_all(heap: list[tuple[int, ContactKey]], items: list[tuple[int, ContactKey]]) -> None:
+    for item in items:
+        heapq.heappush(heap, item)
+
+
+def _count(counter: Counter[Any], key: Any, n: int) -> None:
+    counter[key] += n
+
+
+def _watermark_advanced(health: SourceHealth, watermark: datetime | None, now: datetime) -> None:
+    health.previous_watermark = health.watermark
+    health.watermark_advanced_at = now
+    health.watermark = watermark
+
+
+def _differs(first: Event, other: Event) -> str:
+    a, b = first.to_dict(), other.to_dict()
+    fields = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return (
+        f"event {other.event_id[:200]!r} was read before with other content "
+        f"(differs in {', '.join(fields)}); the first copy stands"
+    )
+
+
+def _rejected(source: str, e: Event, reason: str, message: str) -> Rejected:
+    return Rejected(
+        reason,
+        f"{source}: event {e.event_id[:200]!r} of conversation {e.conversation_id[:200]!r}: "
+        f"{message}",
+        json.dumps(e.to_dict()),
+        ident=f"event {e.event_id}",  # the payload holds the rest: the same event, once
+    )
+
+
+__all__ = ["IngestSummary", "Monitor", "TargetListener", "TargetState", "store_unreachable"]

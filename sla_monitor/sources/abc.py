@@ -7,6 +7,7 @@ cursor, and an honest watermark: the instant up to which it has seen everything.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -29,12 +30,22 @@ class Rejected:
     reason: str  # short label, used in sla_events_rejected_total{reason}
     detail: str  # what was wrong, and where (file:line, page, item id)
     payload: str  # the raw item, kept for inspection
+    source: str | None = None  # the source the item names, where it names a usable one
+    ident: str | None = None  # what identifies the item, when `detail` varies between reads
+
+    @property
+    def key(self) -> str:
+        """The same item read again (a re-run, an overlapping page) is the same rejection."""
+        digest = hashlib.sha256()
+        for part in (self.reason, self.ident or self.detail, self.payload):
+            digest.update(part.encode("utf-8", "backslashreplace") + b"\x00")
+        return digest.hexdigest()[:40]
 
 
 @dataclass
 class PollResult:
     events: list[Event] = field(default_factory=list)
-    rejected: list[Rejected] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)  # also gaps: input known lost
     cursor: str | None = None
     watermark: datetime | None = None
     more: bool = False  # more is ready right away: poll again without waiting

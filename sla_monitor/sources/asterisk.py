@@ -15,16 +15,12 @@ watermark is the time of the read.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import Field
 
 from sla_monitor.domain.events import Channel, Event, EventKind, Status
-from sla_monitor.sources.abc import PollResult, Rejected, SourceContext, SourceOptions
-from sla_monitor.sources.tail import latest_event_watermark, read_new_lines
+from sla_monitor.sources.abc import PollResult, Rejected, SourceContext
+from sla_monitor.sources.tail import Line, TailOptions, tail_poll
 
 KINDS = {
     "ENTERQUEUE": EventKind.CALL_QUEUED,
@@ -38,10 +34,8 @@ KINDS = {
 }
 
 
-class AsteriskOptions(SourceOptions):
+class AsteriskOptions(TailOptions):
     path: str = "/var/log/asterisk/queue_log"
-    watermark: Literal["read_time", "latest_event"] = "read_time"
-    max_lines_per_poll: int = Field(50_000, gt=0)
 
 
 def parse_queue_log_line(text: str, source: str, where: str) -> Event | Rejected | None:
@@ -82,28 +76,11 @@ class AsteriskQueueLogSource:
         self.options = options
 
     def poll(self, cursor: str | None, now: datetime) -> PollResult:
-        state: dict[str, Any] = json.loads(cursor) if cursor else {"files": {}}
         path = Path(self.options.path)
-        read = read_new_lines(
-            [path] if path.exists() else [],
-            state.setdefault("files", {}),
-            self.options.max_lines_per_poll,
-        )
-        result = PollResult(more=read.more)
-        result.rejected += [Rejected("unreadable", p, "") for p in read.problems]
-        for line in read.lines:
-            item = parse_queue_log_line(line.text, self.name, line.where)
-            if isinstance(item, Event):
-                result.events.append(item)
-            elif item is not None:
-                result.rejected.append(item)
-        if not result.more:
-            if self.options.watermark == "read_time":
-                result.watermark = now
-            else:
-                result.watermark = latest_event_watermark(state, result.events)
-        result.cursor = json.dumps(state, sort_keys=True)
-        return result
+        return tail_poll([path] if path.exists() else [], cursor, now, self.options, self._parse)
+
+    def _parse(self, line: Line) -> Event | Rejected | None:
+        return parse_queue_log_line(line.text, self.name, line.where)
 
     def close(self) -> None:
         pass

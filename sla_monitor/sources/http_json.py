@@ -180,7 +180,7 @@ class HttpJsonSource:
             result.watermark = (
                 now
                 if self.options.watermark == "read_time"
-                else latest_event_watermark(state, result.events)
+                else latest_event_watermark(state, result.events, now)
             )
         result.cursor = json.dumps(state, sort_keys=True)
         return result

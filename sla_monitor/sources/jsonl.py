@@ -6,20 +6,18 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
-from sla_monitor.domain.events import Event, EventError, event_from_dict
-from sla_monitor.sources.abc import PollResult, Rejected, SourceContext, SourceOptions
-from sla_monitor.sources.tail import latest_event_watermark, read_new_lines
+from sla_monitor.domain.events import FIELD_LIMITS, Event, EventError, event_from_dict
+from sla_monitor.sources.abc import PollResult, Rejected, SourceContext
+from sla_monitor.sources.tail import Line, TailOptions, tail_poll
 
 
-class JsonlOptions(SourceOptions):
+class JsonlOptions(TailOptions):
     path: str = Field(description="a .jsonl file, or a folder of them")
     pattern: str = "*.jsonl"
-    watermark: Literal["read_time", "latest_event"] = "read_time"
-    max_lines_per_poll: int = Field(50_000, gt=0)
 
 
 def parse_line(
@@ -39,7 +37,10 @@ def parse_line(
     try:
         return event_from_dict(raw, source)
     except EventError as exc:
-        return Rejected(exc.reason, f"{where}: {exc}", line)
+        named = raw.get("source")
+        usable = isinstance(named, str) and 0 < len(named) <= FIELD_LIMITS["source"]
+        usable = usable and "\x00" not in str(named)
+        return Rejected(exc.reason, f"{where}: {exc}", line, named if usable else None)
 
 
 class JsonlSource:
@@ -57,26 +58,10 @@ class JsonlSource:
         return [root] if root.exists() else []
 
     def poll(self, cursor: str | None, now: datetime) -> PollResult:
-        state: dict[str, Any] = json.loads(cursor) if cursor else {"files": {}}
-        read = read_new_lines(
-            self._paths(), state.setdefault("files", {}), self.options.max_lines_per_poll
-        )
-        result = PollResult(more=read.more)
-        for problem in read.problems:
-            result.rejected.append(Rejected("unreadable", problem, ""))
-        for line in read.lines:
-            item = parse_line(line.text, self.name, self.defaults, line.where)
-            if isinstance(item, Event):
-                result.events.append(item)
-            else:
-                result.rejected.append(item)
-        if not result.more:
-            if self.options.watermark == "read_time":
-                result.watermark = now
-            else:
-                result.watermark = latest_event_watermark(state, result.events)
-        result.cursor = json.dumps(state, sort_keys=True)
-        return result
+        return tail_poll(self._paths(), cursor, now, self.options, self._parse)
+
+    def _parse(self, line: Line) -> Event | Rejected:
+        return parse_line(line.text, self.name, self.defaults, line.where)
 
     def close(self) -> None:
         pass
