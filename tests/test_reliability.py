@@ -553,3 +553,22 @@ def test_rename_rotation_with_nothing_at_the_path_yet(tmp_path: Path) -> None:
     log.write_text(_lines(10, 12))
     got += _numbers(read_new_lines([log], state, 10_000))
     assert got == list(range(12))
+
+
+def test_a_file_truncated_then_renamed_while_the_monitor_was_away(tmp_path: Path) -> None:
+    """copytruncate, new lines, then a rename rotation, all between two polls."""
+    log = tmp_path / "events.jsonl"
+    log.write_text(_lines(0, 10))
+    state: dict[str, Any] = {}
+    got = _numbers(read_new_lines([log], state, 10_000))
+    with log.open("a") as fh:
+        fh.write(_lines(10, 12))
+    shutil.copy(log, tmp_path / "events.jsonl.1")
+    with log.open("r+") as fh:
+        fh.truncate(0)
+    with log.open("a") as fh:
+        fh.write(_lines(12, 15))  # shorter than what had been read
+    log.rename(tmp_path / "events.jsonl.2")
+    log.write_text(_lines(15, 17))
+    got += _numbers(read_new_lines([log], state, 10_000))
+    assert got == list(range(17))

@@ -80,12 +80,13 @@ def _find_by_inode(folder: Path, inode: int) -> Path | None:
     return None
 
 
-def _find_copy(path: Path, entry: dict[str, Any]) -> Path | None:
-    """The copy `copytruncate` left beside `path`: the newest sibling named after it whose
-    first bytes are the ones we read, and at least as long as what we read."""
+def _find_copy(named: Path, path: Path, entry: dict[str, Any]) -> Path | None:
+    """The copy `copytruncate` left beside the file first known as `named` (now `path`):
+    the newest sibling named after it whose first bytes are the ones we read, and at least
+    as long as what we read."""
     found: list[tuple[float, Path]] = []
     for p in _siblings(path.parent):
-        if p == path or not p.name.startswith(path.name):
+        if p in (path, named) or not p.name.startswith(named.name):
             continue
         try:
             st = os.stat(p)
@@ -112,9 +113,10 @@ def read_new_lines(
         if old is None:
             del files[key]
             continue
-        before = moved["offset"]
-        budget = _read(old, moved, out, budget, moved["path"], max_line_bytes)
-        moved["idle"] = 0 if moved["offset"] != before else moved.get("idle", 0) + 1
+        before = (moved["offset"], moved["line"])
+        budget = _read_from(old, moved, out, budget, moved["path"], max_line_bytes)
+        changed = (moved["offset"], moved["line"]) != before
+        moved["idle"] = 0 if changed else moved.get("idle", 0) + 1
         if budget <= 0:
             out.more = True
             return out
@@ -136,24 +138,39 @@ def read_new_lines(
             moved = _follow_moved(files, key)
             old = _find_by_inode(p.parent, moved["inode"])
             if old is not None:
-                budget = _read(old, moved, out, budget, key, max_line_bytes)
+                budget = _read_from(old, moved, out, budget, key, max_line_bytes)
             entry = None
         if entry is None:
             entry = _new_entry(st.st_ino)
-        elif st.st_size < entry["offset"] or (
-            entry["head_len"] and _head(p, entry["head_len"]) != entry["head"]
-        ):
-            budget = _truncated(p, entry, out, budget, key, max_line_bytes)
-            entry = _new_entry(st.st_ino)
-        if budget <= 0:
-            files[key] = entry
-            out.more = True
-            break
-        budget = _read(p, entry, out, budget, key, max_line_bytes)
         files[key] = entry
         if budget <= 0:
             out.more = True
+            break
+        budget = _read_from(p, entry, out, budget, key, max_line_bytes)
+        if budget <= 0:
+            out.more = True
     return out
+
+
+def _read_from(
+    path: Path, entry: dict[str, Any], out: TailRead, budget: int, label: str, max_line: int
+) -> int:
+    """Read on from `entry`; a file truncated in place since (shorter than what was read, or
+    with other first bytes) first has the rest read from its copy, then is read anew."""
+    try:
+        size = os.stat(path).st_size
+        truncated = size < entry["offset"] or (
+            entry["head_len"] > 0 and _head(path, entry["head_len"]) != entry["head"]
+        )
+    except OSError as exc:
+        out.problems.append(f"{path}: {exc.strerror}")
+        return budget
+    if truncated:
+        budget = _truncated(Path(label), path, entry, out, budget, label, max_line)
+        entry.update(offset=0, line=0, head="", head_len=0, skipping=False)
+        if budget <= 0:
+            return budget
+    return _read(path, entry, out, budget, label, max_line)
 
 
 def _follow_moved(files: dict[str, dict[str, Any]], key: str) -> dict[str, Any]:
@@ -164,10 +181,17 @@ def _follow_moved(files: dict[str, dict[str, Any]], key: str) -> dict[str, Any]:
 
 
 def _truncated(
-    path: Path, entry: dict[str, Any], out: TailRead, budget: int, label: str, max_line: int
+    named: Path,
+    path: Path,
+    entry: dict[str, Any],
+    out: TailRead,
+    budget: int,
+    label: str,
+    max_line: int,
 ) -> int:
-    """`path` was truncated in place: read the rest of what we had not read from its copy."""
-    copy = _find_copy(path, entry) if entry["head_len"] else None
+    """`path` (first known as `named`) was truncated in place: read the rest of what we had
+    not read from its copy."""
+    copy = _find_copy(named, path, entry) if entry["head_len"] else None
     if copy is not None:
         return _read(copy, dict(entry), out, budget, label, max_line, final=True)
     if entry["offset"] or entry["head_len"]:
