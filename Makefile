@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint system-deps bench bench-quick clean
+.PHONY: run test test-faults lint system-deps bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ lint: $(STAMP)
 
 test: system-deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Every fault-injection round docs/reliability.md reports (make test runs a few of each).
+test-faults: system-deps $(STAMP)
+	SLA_MONITOR_FAULT_ROUNDS=full $(BIN)/pytest -m faults -s $(PYTEST_ARGS)
 
 # Benchmarks (docs/benchmarks.md): figures next to baselines measured in the same run.
 bench: system-deps $(STAMP)

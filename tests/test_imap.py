@@ -3,6 +3,7 @@ a UIDVALIDITY reset, and the outcomes through the engine."""
 
 from __future__ import annotations
 
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,10 +16,11 @@ from sla_monitor.config import Config
 from sla_monitor.service_layer.clock import FixedClock
 from sla_monitor.service_layer.monitor import Monitor
 from sla_monitor.service_layer.recompute import report
-from sla_monitor.sources.abc import AuthFailed, SourceContext
-from sla_monitor.sources.imap import ImapOptions, ImapSource
+from sla_monitor.sources.abc import AuthFailed, Rejected, SourceContext
+from sla_monitor.sources.imap import ImapOptions, ImapSource, Skipped
 
 from .dovecot import PASSWORD, USER, Dovecot
+from .mailfixtures import Fixture, fixtures
 
 T0 = datetime(2026, 11, 2, 9, tzinfo=UTC)
 NOW = T0 + timedelta(days=1)
@@ -247,3 +249,171 @@ def test_wrong_password_is_an_auth_error(dovecot: Dovecot, monkeypatch: pytest.M
     monkeypatch.setenv("TEST_IMAP_PASSWORD", "wrong")
     with pytest.raises(AuthFailed, match="TEST_IMAP_PASSWORD"):
         imap(dovecot).poll(None, NOW)
+
+
+# -- machine or person, on mail written the way real systems write it ------------------------
+
+
+def _fixture_source(dovecot: Dovecot | None = None, **kw: Any) -> ImapSource:
+    if dovecot is not None:
+        return imap(dovecot, **kw)
+    options = ImapOptions.model_validate(
+        {
+            "host": "imap.invalid",
+            "username": "u",
+            "password": {"env": "TEST_IMAP_PASSWORD"},
+            "team_addresses": ["support@shop.example"],
+            "team_domains": ["shop.example"],
+            **kw,
+        }
+    )
+    return ImapSource(SourceContext("mailbox", None, ()), options)
+
+
+def _verdict(src: ImapSource, fx: Fixture, threads: Any) -> str:
+    got = src.to_event(fx.folder, 1, T0, fx.raw.split(b"\r\n\r\n")[0] + b"\r\n\r\n", threads)
+    if isinstance(got, Skipped):
+        return f"skip:{got.reason}"
+    assert not isinstance(got, Rejected), (fx.name, got)
+    return got.kind.value
+
+
+def test_the_fixture_set_is_large_and_varied() -> None:
+    fx = fixtures()
+    assert len(fx) >= 60
+    assert len({f.name for f in fx}) == len(fx)
+    kinds = {f.expect.split(":")[0] for f in fx}
+    assert kinds == {"skip", "customer_message", "agent_reply", "auto_reply"}
+
+
+@pytest.mark.parametrize("fx", fixtures(), ids=lambda f: f.name)
+def test_machine_or_person(fx: Fixture) -> None:
+    src = _fixture_source(team_addresses=["support@shop.example"], team_domains=["shop.example"])
+    assert _verdict(src, fx, OrderedDict()) == fx.expect
+
+
+def test_list_mail_can_be_skipped() -> None:
+    src = _fixture_source(list_mail="skip")
+    by_name = {f.name: f for f in fixtures()}
+    assert _verdict(src, by_name["mailing-list-post"], OrderedDict()) == "skip:list"
+    assert _verdict(src, by_name["gmail-web"], OrderedDict()) == "customer_message"
+
+
+def test_the_fixture_set_through_dovecot(dovecot: Dovecot) -> None:
+    c = dovecot.client()
+    for folder in ("FxIn", "FxSent"):
+        c.create_folder(folder)
+    fx = fixtures()
+    for i, f in enumerate(fx):
+        append(c, "FxIn" if f.folder == "INBOX" else "FxSent", i, f.raw)
+    c.logout()
+    src = imap(
+        dovecot,
+        inbox="FxIn",
+        sent="FxSent",
+        extra_folders=[],
+        team_addresses=["support@shop.example"],
+        team_domains=["shop.example"],
+    )
+    result = src.poll(None, NOW)
+    assert result.rejected == []
+    got = {e.event_id: e.kind.value for e in result.events}
+    want = {f.message_id: f.expect for f in fx if not f.expect.startswith("skip:")}
+    assert got == want
+    skips = Counter(f.expect.split(":")[1] for f in fx if f.expect.startswith("skip:"))
+    assert result.skipped == skips
+    # the customers behind the people's mail, the skipped senders nowhere
+    assert {e.customer_id for e in result.events if e.kind.value == "customer_message"} >= {
+        "wendy.park@gmail.test",
+        "fay@customer.test",
+        "x.ortiz@corp.test",
+    }
+
+
+# -- every thread can end ------------------------------------------------------------------
+
+
+def test_moving_a_thread_to_the_done_folder_solves_it(
+    dovecot: Dovecot, tmp_path: Path, shipped_config: Config
+) -> None:
+    c = dovecot.client()
+    for folder in ("DoneIn", "DoneSent", "DoneArchive"):
+        c.create_folder(folder)
+    support = "Acme Support <support@acme.test>"
+    append(c, "DoneIn", 0, message("lena@example.com", support, "Broken zip", "<d1@example.com>"))
+    append(
+        c,
+        "DoneSent",
+        20,
+        message(
+            support,
+            "lena@example.com",
+            "Re: Broken zip",
+            "<dr1@acme.test>",
+            References="<d1@example.com>",
+        ),
+    )
+    # the customer says thanks: a next_reply clock starts (4 business hours)
+    append(
+        c,
+        "DoneIn",
+        30,
+        message(
+            "lena@example.com",
+            support,
+            "Re: Broken zip",
+            "<d2@example.com>",
+            References="<d1@example.com> <dr1@acme.test>",
+        ),
+    )
+    c.logout()
+    src = imap(
+        dovecot, inbox="DoneIn", sent="DoneSent", extra_folders=[], done_folders=["DoneArchive"]
+    )
+    store = Store(f"sqlite:///{tmp_path / 'done.db'}")
+    store.migrate()
+    clock = FixedClock(T0 + timedelta(minutes=40))
+    monitor = Monitor(store, shipped_config, clock)
+    monitor.load()
+    first = src.poll(None, clock.now())
+    monitor.apply_poll("mailbox", "imap", first, 0.0)
+    assert monitor.snapshot()["open_counts"][("email", "support", "next_reply", "on_track")] == 1
+    # the agent archives the answered thread (both messages of the inbox move)
+    c = dovecot.client()
+    c.select_folder("DoneIn")
+    c.move(c.search(["ALL"]), "DoneArchive")
+    c.logout()
+    clock.at = T0 + timedelta(minutes=45)
+    second = src.poll(first.cursor, clock.now())
+    assert {(e.kind.value, e.conversation_id) for e in second.events} == {
+        ("status_changed", "<d1@example.com>")
+    }
+    monitor.apply_poll("mailbox", "imap", second, 0.0)
+    clock.at = T0 + timedelta(days=3)  # long after the next_reply deadline
+    monitor.apply_poll("mailbox", "imap", src.poll(second.cursor, clock.now()), 0.0)
+    monitor.wake()
+    snap = monitor.snapshot()
+    assert not any(n for k, n in snap["open_counts"].items() if k[2] == "next_reply")
+    outcomes = {k[3:]: n for k, n in snap["outcomes"].items() if n}
+    assert outcomes.get(("next_reply", "cancelled")) == 1
+    assert ("next_reply", "breached") not in outcomes
+    # a later customer message reopens it
+    c = dovecot.client()
+    append(
+        c,
+        "DoneIn",
+        3 * 24 * 60 + 10,
+        message(
+            "lena@example.com",
+            support,
+            "Re: Broken zip",
+            "<d3@example.com>",
+            References="<d1@example.com> <dr1@acme.test> <d2@example.com>",
+        ),
+    )
+    c.logout()
+    clock.at = T0 + timedelta(days=3, minutes=15)
+    monitor.apply_poll("mailbox", "imap", src.poll(second.cursor, clock.now()), 0.0)
+    snap = monitor.snapshot()
+    assert sum(n for k, n in snap["open_counts"].items() if k[2] == "next_reply") == 1
+    store.close()

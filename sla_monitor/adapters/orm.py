@@ -97,6 +97,15 @@ class PollCountRow(Base):
     count: Mapped[int] = mapped_column(BigInteger)
 
 
+class SkippedCountRow(Base):
+    """Inbound items a source read and skipped on purpose (a bounce, an out-of-office)."""
+
+    __tablename__ = "skipped_counts"
+    source: Mapped[str] = mapped_column(String(200), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+
+
 class RejectedRow(Base):
     __tablename__ = "rejected_events"
     __table_args__ = (

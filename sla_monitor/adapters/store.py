@@ -47,6 +47,7 @@ from sla_monitor.adapters.orm import (
     PollCountRow,
     RejectedRow,
     ReplicaRow,
+    SkippedCountRow,
     SourceStateRow,
     TargetRow,
 )
@@ -66,6 +67,7 @@ CONTACTS = cast(Table, ContactRow.__table__)
 TARGETS = cast(Table, TargetRow.__table__)
 SOURCES = cast(Table, SourceStateRow.__table__)
 POLLS = cast(Table, PollCountRow.__table__)
+SKIPPED = cast(Table, SkippedCountRow.__table__)
 REJECTED = cast(Table, RejectedRow.__table__)
 LEASES = cast(Table, LeaseRow.__table__)
 REPLICAS = cast(Table, ReplicaRow.__table__)
@@ -403,6 +405,19 @@ class Store:
                 index_elements=["source", "result"], set_={"count": POLLS.c.count + n}
             )
         )
+
+    def count_skipped(self, conn: Connection, source: str, counts: dict[str, int]) -> None:
+        for reason, n in counts.items():
+            stmt = self._insert(SKIPPED).values(source=source, reason=reason, count=n)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["source", "reason"], set_={"count": SKIPPED.c.count + n}
+                )
+            )
+
+    def skipped_counts(self, conn: Connection) -> list[tuple[tuple[str, ...], int]]:
+        q = select(SKIPPED.c.source, SKIPPED.c.reason, SKIPPED.c.count)
+        return [((r[0], r[1]), int(r[2])) for r in conn.execute(q)]
 
     # -- contact and target state -------------------------------------------------------
 
@@ -966,6 +981,7 @@ class ClusterStore:
             .group_by(REJECTED.c.reason)
         )
         pol = select(POLLS.c.result, POLLS.c.count).where(POLLS.c.source == source)
+        skp = select(SKIPPED.c.reason, SKIPPED.c.count).where(SKIPPED.c.source == source)
         carried = [
             (k, n) for k, n in self.store.carried(conn, "sla_events_ingested") if k[0] == source
         ]
@@ -973,6 +989,7 @@ class ClusterStore:
             "ingested": [((source, r[0]), int(r[1])) for r in conn.execute(ing)] + carried,
             "rejected": [((source, r[0]), int(r[1])) for r in conn.execute(rej)],
             "polls": [((source, r[0]), int(r[1])) for r in conn.execute(pol)],
+            "skipped": [((source, r[0]), int(r[1])) for r in conn.execute(skp)],
         }
 
 

@@ -32,7 +32,7 @@ class MonitorCollector(Collector):
         owned = self.monitor.owned_sources
         if owned is not None:  # cluster mode: only the sources this replica polls
             snap["sources"] = {k: v for k, v in snap["sources"].items() if k in owned}
-            for key in ("polls", "ingested", "rejected"):
+            for key in ("polls", "ingested", "rejected", "skipped"):
                 snap[key] = {k: v for k, v in snap[key].items() if k[0] in owned}
         if self.monitor.exports_contacts:
             yield from self._contacts(snap)
@@ -164,3 +164,13 @@ class MonitorCollector(Collector):
         for (s, r), n in sorted(snap["rejected"].items()):
             rejected.add_metric([s, r], n)
         yield rejected
+
+        skipped = CounterMetricFamily(
+            "sla_events_skipped",
+            "Items read and left out on purpose: automatic mail from outside the team "
+            "(bounces, out-of-office replies, receipts, bulk), and the team's bounced replies.",
+            labels=["source", "reason"],
+        )
+        for (s, r), n in sorted(snap["skipped"].items()):
+            skipped.add_metric([s, r], n)
+        yield skipped

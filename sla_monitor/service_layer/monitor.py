@@ -198,6 +198,8 @@ class Monitor:
                 live.rejected[key] = n
             for key, n in self.store.poll_counts(conn):
                 live.polls[key] = n
+            for key, n in self.store.skipped_counts(conn):
+                live.skipped[key] = n
             for ch, q, tg, v in self.store.response_times(conn):
                 live.response(ch, q, tg, v)
             for ch, q, tg, v, n, total in self.store.carried_responses(conn):
@@ -347,7 +349,9 @@ class Monitor:
                 mark = min(mark, now + self.future)
             if mark is not None and (state.watermark is None or mark > state.watermark):
                 state.watermark = mark
-            summary = self._ingest(source, result.events, result.rejected, state, now, "ok")
+            summary = self._ingest(
+                source, result.events, result.rejected, state, now, "ok", result.skipped
+            )
             health = self.live.sources.setdefault(source, SourceHealth(source, kind))
             health.up, health.last_success, health.last_duration = True, now, duration
             health.last_error, health.consecutive_failures = None, 0
@@ -418,11 +422,14 @@ class Monitor:
         state: SourceState,
         now: datetime,
         poll_result: str | None,
+        skipped: Counter[str] | None = None,
     ) -> IngestSummary:
         good, aside = self._screen(source, events, now)
         rejected = [*rejected, *aside]
         try:
-            summary = self._store_batch(source, good, rejected, state, now, poll_result)
+            summary = self._store_batch(
+                source, good, rejected, state, now, poll_result, skipped=skipped
+            )
         except Exception as exc:
             if not _item_error(exc) or not good:
                 raise
@@ -440,7 +447,7 @@ class Monitor:
             keep = [e for e in good if e.dedup_key not in refused]
             set_aside = [_rejected(source, e, "store_refused", why) for e, why in refused.values()]
             summary = self._store_batch(
-                source, keep, [*rejected, *set_aside], state, now, poll_result
+                source, keep, [*rejected, *set_aside], state, now, poll_result, skipped=skipped
             )
         summary.received = len(events)
         return summary
@@ -486,6 +493,7 @@ class Monitor:
         now: datetime,
         poll_result: str | None,
         probe: bool = False,
+        skipped: Counter[str] | None = None,
     ) -> IngestSummary:
         live = self.live
         now_us = to_micros(now)
@@ -510,6 +518,9 @@ class Monitor:
             self.store.save_source(conn, state)
             if poll_result:
                 self.store.count_poll(conn, source, poll_result)
+            if skipped:
+                self.store.count_skipped(conn, source, dict(skipped))
+                self._defer(_count_all, self.live.skipped, source, dict(skipped))
             keys = {e.contact_key for e in new}
             if advanced:
                 assert state.watermark is not None
@@ -632,6 +643,7 @@ class Monitor:
             (live.ingested, "ingested"),
             (live.rejected, "rejected"),
             (live.polls, "polls"),
+            (live.skipped, "skipped"),
         ):
             for key in [k for k in counter if k[0] == source]:
                 del counter[key]
@@ -995,6 +1007,7 @@ class Monitor:
                 "ingested": dict(live.ingested),
                 "rejected": dict(live.rejected),
                 "polls": dict(live.polls),
+                "skipped": dict(live.skipped),
                 "sources": {k: SourceHealth(**vars(v)) for k, v in live.sources.items()},
                 "delay": (live.detection_delay.cumulative(), live.detection_delay.total),
                 "series": set(live.series),
@@ -1005,6 +1018,11 @@ class Monitor:
 def _push_all(heap: list[tuple[int, ContactKey]], items: list[tuple[int, ContactKey]]) -> None:
     for item in items:
         heapq.heappush(heap, item)
+
+
+def _count_all(counter: Counter[Any], source: str, counts: dict[str, int]) -> None:
+    for reason, n in counts.items():
+        counter[(source, reason)] += n
 
 
 def _count(counter: Counter[Any], key: Any, n: int) -> None:

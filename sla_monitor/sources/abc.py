@@ -8,6 +8,7 @@ cursor, and an honest watermark: the instant up to which it has seen everything.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -46,6 +47,7 @@ class Rejected:
 class PollResult:
     events: list[Event] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)  # also gaps: input known lost
+    skipped: Counter[str] = field(default_factory=Counter)  # read, left out on purpose, why
     cursor: str | None = None
     watermark: datetime | None = None
     more: bool = False  # more is ready right away: poll again without waiting

@@ -11,12 +11,16 @@ re-read produce no duplicates. Only headers are fetched, never bodies.
   else — when it has neither — of the last message with the same subject (without
   Re:/Fwd:) and the same customer address; a message starting a thread is its own root.
 - Team or customer: by the configured team addresses and domains.
-- Machine or person (RFC 3834 and common practice): `Auto-Submitted` other than `no`,
-  `X-Autoreply`, `X-Autorespond`, `Precedence: auto_reply|bulk|junk`, or Exchange's
-  `X-MS-Exchange-Generated-Message-Source: Mailbox Rules Agent` mark a message as
-  automatic. `X-Auto-Response-Suppress` alone does not (people's clients send it too).
-  A team message that is automatic is an `auto_reply`, else an `agent_reply`; an
-  automatic message from outside (a customer's out-of-office) is skipped.
+- Machine or person: `mailclass.classify` (bounces, reports, out-of-office replies of
+  every major mail system, bulk and no-reply senders; list mail is a person's by default,
+  `list_mail: skip` to skip it). A team message that is automatic is an `auto_reply`, else
+  an `agent_reply`. Automatic mail from outside is skipped and counted in
+  `sla_events_skipped_total{reason}`; a bounce addressed to the team is the team's reply
+  failing to reach the customer: counted as `reply_bounced` and logged with its thread.
+- Ending a thread: a message of the thread appearing in `done_folders` (an Archive or Done
+  folder the team moves answered mail to), or flagged with `done_keyword` in the inbox,
+  solves the contact (`status_changed` solved, at the time the poll saw it); a later
+  customer message reopens it.
 - `occurred_at` is the message's INTERNALDATE (when the server received or stored it).
 """
 
@@ -24,9 +28,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import ssl
 from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
@@ -36,7 +42,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from sla_monitor.domain.events import Channel, Event, EventKind
+from sla_monitor.domain.events import Channel, Event, EventKind, Status
 from sla_monitor.sources.abc import (
     AuthFailed,
     PollResult,
@@ -45,11 +51,15 @@ from sla_monitor.sources.abc import (
     SourceError,
     SourceOptions,
 )
+from sla_monitor.sources.mailclass import classify
 from sla_monitor.sources.secrets import SecretRef
 
+log = logging.getLogger(__name__)
 MAX_THREADS = 100_000  # Message-IDs remembered in the cursor for threading
+MAX_DONE_FLAGS = 10_000  # flagged inbox messages remembered in the cursor
 _SUBJECT_PREFIX = re.compile(r"^\s*((re|fwd?|aw|wg|sv|vs|antw)\s*(\[\d+\])?\s*:\s*)+", re.I)
 _MSGID = re.compile(r"<[^<>\s]+>")
+_THREAD_FIELDS = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID REFERENCES IN-REPLY-TO)]"
 
 
 class ImapOptions(SourceOptions):
@@ -64,21 +74,23 @@ class ImapOptions(SourceOptions):
     extra_folders: list[str] = []  # e.g. an archive or BCC folder with the team's replies
     team_addresses: list[str] = []
     team_domains: list[str] = []
+    list_mail: Literal["customer", "skip"] = "customer"  # List-Id / Precedence: list mail
+    done_folders: list[str] = []  # a thread moved here is solved (e.g. Archive, Done)
+    done_keyword: str | None = None  # a message flagged with this keyword solves its thread
     queue: str = "email"
     max_messages_per_poll: int = Field(500, gt=0)
     timeout: float = 30.0
 
 
 def is_automatic(msg: EmailMessage) -> bool:
-    auto = str(msg.get("Auto-Submitted", "")).strip().lower()
-    if auto and not auto.startswith("no"):
-        return True
-    if msg.get("X-Autoreply") is not None or msg.get("X-Autorespond") is not None:
-        return True
-    if str(msg.get("Precedence", "")).strip().lower() in ("auto_reply", "bulk", "junk"):
-        return True
-    source = str(msg.get("X-MS-Exchange-Generated-Message-Source", "")).strip().lower()
-    return source == "mailbox rules agent"
+    return classify(msg).automatic
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A message read and left out on purpose; `reason` labels sla_events_skipped_total."""
+
+    reason: str
 
 
 def normalize_subject(subject: str) -> str:
@@ -167,23 +179,23 @@ class ImapSource:
         internaldate: Any,
         header: bytes,
         threads: OrderedDict[str, str],
-    ) -> Event | Rejected | None:
+    ) -> Event | Rejected | Skipped:
         msg = self.parser.parsebytes(header)
+        verdict = classify(msg, self.options.list_mail)
         senders = getaddresses([str(msg.get("From", ""))])
         sender = senders[0][1].lower() if senders and senders[0][1] else ""
+        if verdict.bounce:  # decided before anything else: a daemon is never the team
+            return self._bounce(msg, folder, uid, threads)
         if not sender:
-            return Rejected(
-                "missing_field",
-                f"{folder} UID {uid}: no From address",
-                header.decode(errors="replace")[:20000],
-            )
+            return Skipped(verdict.reason or "no_sender")
         if not isinstance(internaldate, datetime):
             return Rejected("bad_timestamp", f"{folder} UID {uid}: no INTERNALDATE", "")
         when = internaldate if internaldate.tzinfo else internaldate.replace(tzinfo=UTC)
         from_team = self._is_team(sender)
-        automatic = is_automatic(msg)
+        automatic = verdict.automatic
         if not from_team and automatic:
-            return None  # a customer's out-of-office or a bounce asks nothing of the team
+            # a customer's out-of-office, a receipt, a newsletter: asks nothing of the team
+            return Skipped(verdict.reason or "automatic")
         if from_team:
             recipients = [
                 a.lower()
@@ -216,6 +228,26 @@ class ImapSource:
             customer_id=customer,
         )
 
+    def _bounce(
+        self, msg: EmailMessage, folder: str, uid: int, threads: OrderedDict[str, str]
+    ) -> Skipped:
+        """A delivery failure. Addressed to the team, it is the team's own mail coming back:
+        the customer was never reached (the thread it belongs to is logged, where known)."""
+        to = [a.lower() for _, a in getaddresses([str(msg.get("To", ""))]) if a]
+        if not any(self._is_team(a) for a in to):
+            return Skipped("bounce")
+        refs = _MSGID.findall(f"{msg.get('In-Reply-To', '')} {msg.get('References', '')}")
+        thread = next((threads[r] for r in refs if r in threads), None)
+        log.warning(
+            "source %s: a message of the team bounced (%s UID %d%s): the customer did not "
+            "receive it",
+            self.name,
+            folder,
+            uid,
+            f", conversation {thread}" if thread else "",
+        )
+        return Skipped("reply_bounced")
+
     # -- polling ----------------------------------------------------------------------------
 
     def poll(self, cursor: str | None, now: datetime) -> PollResult:
@@ -243,6 +275,13 @@ class ImapSource:
                 if budget <= 0:
                     result.more = True
                     break
+            if not result.more:  # endings after every message they could end
+                done: dict[str, Any] = state.get("done", {})
+                for name in self.options.done_folders:
+                    self._read_done_folder(client, name, done, threads, result, now)
+                if self.options.done_keyword:
+                    self._read_done_keyword(client, done, threads, result, now)
+                state["done"] = done
         except SourceError:
             raise
         except Exception as exc:  # imaplib/imapclient errors: retry with back-off
@@ -252,7 +291,9 @@ class ImapSource:
                 client.logout()
             except Exception:
                 client.shutdown()
-        result.cursor = json.dumps({"folders": folders, "threads": threads})
+        result.cursor = json.dumps(
+            {"folders": folders, "threads": threads, "done": state.get("done", {})}
+        )
         if not result.more:
             result.watermark = now
         return result
@@ -283,11 +324,107 @@ class ImapSource:
                 )
                 if isinstance(event, Event):
                     result.events.append(event)
-                elif event is not None:
+                elif isinstance(event, Skipped):
+                    result.skipped[event.reason] += 1
+                else:
                     result.rejected.append(event)
                 mark["last_uid"] = uid
         folders[name] = mark
         return budget - len(uids)
 
+    # -- endings ----------------------------------------------------------------------------
+
+    def _root(self, header: bytes, threads: OrderedDict[str, str]) -> str | None:
+        msg = self.parser.parsebytes(header)
+        ids = _MSGID.findall(str(msg.get("Message-ID", "")))
+        refs = _MSGID.findall(f"{msg.get('References', '')} {msg.get('In-Reply-To', '')}")
+        for mid in [*ids, *refs]:
+            if mid in threads:
+                return threads[mid]
+        return refs[0] if refs else (ids[0] if ids else None)
+
+    def _solved(self, event_id: str, root: str, now: datetime) -> Event:
+        return Event(
+            source=self.name,
+            event_id=event_id,
+            conversation_id=root,
+            kind=EventKind.STATUS_CHANGED,
+            occurred_at=now,
+            channel=Channel.EMAIL,
+            queue=self.options.queue,
+            status=Status.SOLVED,
+        )
+
+    def _read_done_folder(
+        self,
+        client: Any,
+        name: str,
+        done: dict[str, Any],
+        threads: OrderedDict[str, str],
+        result: PollResult,
+        now: datetime,
+    ) -> None:
+        """Messages moved into a done folder since the last poll solve their threads. A done
+        folder seen for the first time is read from its end: what was archived before the
+        monitor watched it says nothing about today's contacts."""
+        info = client.select_folder(name, readonly=True)
+        validity = int(info[b"UIDVALIDITY"])
+        mark = done.get(f"folder:{name}")
+        uids = sorted(client.search(["ALL"]))
+        if mark is None or mark["uidvalidity"] != validity:
+            done[f"folder:{name}"] = {"uidvalidity": validity, "last_uid": max(uids, default=0)}
+            return
+        new = [u for u in uids if u > mark["last_uid"]]
+        if new:
+            data = client.fetch(
+                new, ["BODY.PEEK[HEADER.FIELDS (MESSAGE-ID REFERENCES IN-REPLY-TO)]"]
+            )
+            for uid in new:
+                header = _header_fields(data.get(uid, {}))
+                root = self._root(header, threads)
+                if root is not None:
+                    result.events.append(self._solved(f"done:{name}:{validity}:{uid}", root, now))
+            mark["last_uid"] = new[-1]
+
+    def _read_done_keyword(
+        self,
+        client: Any,
+        done: dict[str, Any],
+        threads: OrderedDict[str, str],
+        result: PollResult,
+        now: datetime,
+    ) -> None:
+        """Messages in the inbox newly flagged with the done keyword solve their threads."""
+        keyword = self.options.done_keyword
+        assert keyword is not None
+        info = client.select_folder(self.options.inbox, readonly=True)
+        validity = int(info[b"UIDVALIDITY"])
+        mark = done.get("keyword")
+        if mark is None or mark["uidvalidity"] != validity:
+            mark = done["keyword"] = {"uidvalidity": validity, "seen": []}
+        seen = set(mark["seen"])
+        flagged = set(client.search(["KEYWORD", keyword]))
+        new = sorted(flagged - seen)
+        if new:
+            data = client.fetch(
+                new, ["BODY.PEEK[HEADER.FIELDS (MESSAGE-ID REFERENCES IN-REPLY-TO)]"]
+            )
+            for uid in new:
+                root = self._root(_header_fields(data.get(uid, {})), threads)
+                if root is not None:
+                    result.events.append(
+                        self._solved(f"flag:{keyword}:{validity}:{uid}", root, now)
+                    )
+        # still flagged ones stay remembered; an unflagged one may be flagged again later
+        mark["seen"] = sorted(flagged)[-MAX_DONE_FLAGS:]
+
     def close(self) -> None:
         pass
+
+
+def _header_fields(item: dict[bytes, Any]) -> bytes:
+    """The header bytes of a FETCH BODY.PEEK[HEADER.FIELDS (...)] answer."""
+    for key, value in item.items():
+        if key.startswith(b"BODY[HEADER") and isinstance(value, bytes):
+            return value
+    return b""
