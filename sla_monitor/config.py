@@ -216,6 +216,17 @@ class RuleConfig(_Model):
     name: str
     match: MatchConfig = MatchConfig()
     targets: dict[TargetName, TargetConfig]
+    close_after: timedelta | None = None  # idle this long: closed (open clocks end)
+
+    @field_validator("close_after", mode="before")
+    @classmethod
+    def _close_after(cls, v: Any) -> timedelta | None:
+        if v is None:
+            return None
+        d = _duration(v)
+        if d <= timedelta(0):
+            raise ValueError("close_after must be longer than 0")
+        return d
 
 
 class ServiceLevelConfig(_Model):
@@ -479,6 +490,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
                     frozenset(m.tags),
                 ),
                 tuple(specs),
+                rc.close_after,
             )
         )
     names = [s.name for s in settings.sources]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -17,7 +18,7 @@ from sla_monitor.domain.engine import (
     find_repeats,
 )
 from sla_monitor.domain.events import Status
-from sla_monitor.domain.policy import TargetName, TargetSpec
+from sla_monitor.domain.policy import Policy, TargetName, TargetSpec
 
 from .helpers import T0, at, ev, policy
 
@@ -279,7 +280,9 @@ class TestPhone:
             ev("call_queued", T0, channel="phone"),
             ev("callback_requested", at(seconds=10), channel="phone"),
         ]
-        assert targets(events)[("answer", 0)].outcome is Outcome.BREACHED
+        # not a fulfilment here: the wait ended with the call, before the deadline
+        answer = targets(events)[("answer", 0)]
+        assert answer.outcome is Outcome.CANCELLED and not answer.is_open
         phone = (
             TargetSpec(
                 TargetName.ANSWER,
@@ -386,3 +389,87 @@ def test_decided_outcomes_never_change_as_time_passes(events, m1, m2) -> None:  
     for key, t in before.items():
         if t.outcome is not None:
             assert after[key].outcome is t.outcome
+
+
+class TestEveryContactEnds:
+    """No target stays open forever once its contact has ended (issue 11)."""
+
+    def test_a_callback_after_the_deadline_is_a_breach_that_ends(self) -> None:
+        ts = targets(
+            [
+                ev("call_queued", T0, channel="phone"),
+                ev("callback_requested", at(seconds=45), channel="phone"),
+            ]
+        )
+        answer = ts[("answer", 0)]
+        assert answer.outcome is Outcome.BREACHED and not answer.is_open
+        assert answer.decided_at == at(seconds=20) and answer.ended_at == at(seconds=45)
+
+    def test_every_way_a_call_ends_closes_its_answer_clock(self) -> None:
+        endings = {
+            "answered": ev("call_answered", at(seconds=5), channel="phone"),
+            "abandoned": ev("call_abandoned", at(seconds=9), channel="phone"),
+            "callback": ev("callback_requested", at(seconds=9), channel="phone"),
+            "left": ev("status_changed", at(seconds=9), channel="phone", status="closed"),
+        }
+        for how, end in endings.items():
+            answer = targets([ev("call_queued", T0, channel="phone"), end])[("answer", 0)]
+            assert not answer.is_open, how
+
+    def _idle(self, hours: float = 48) -> Policy:
+        base = policy()
+        email = next(r for r in base.rules if r.name == "email")
+        rules = tuple(
+            replace(r, close_after=timedelta(hours=hours)) if r is email else r for r in base.rules
+        )
+        return replace(base, rules=rules)
+
+    def test_close_after_ends_an_idle_contact_keeping_decided_breaches(self) -> None:
+        events = [
+            ev("customer_message", T0),
+            ev("agent_reply", at(hours=3)),  # first_reply breached at 1 h, then met late
+            ev("customer_message", at(hours=4)),  # "thanks!": next_reply starts
+        ]
+        pol = self._idle(48)
+        before = evaluate_contact(events, pol, at(hours=5), at(hours=5))
+        assert before.next_wake is not None
+        ts = targets(events, pol=pol, as_of=at(hours=4 + 48), watermark=at(hours=4 + 48))
+        assert ts[("first_reply", 0)].outcome is Outcome.BREACHED  # decided: it stands
+        nr = ts[("next_reply", 0)]
+        assert not nr.is_open
+        # 4 business hours from Monday 13:00 London lapsed before the close: breached, ended
+        assert nr.outcome is Outcome.BREACHED
+        assert not any(t.is_open for t in ts.values())
+
+    def test_close_after_cancels_clocks_still_running(self) -> None:
+        events = [ev("customer_message", T0)]
+        pol = self._idle(hours=0.5)  # closed before the one-hour first reply was due
+        ts = targets(events, pol=pol)
+        assert ts[("first_reply", 0)].outcome is Outcome.CANCELLED
+        result = evaluate_contact(events, pol, FAR, FAR)
+        assert result.status is Status.CLOSED and result.events == 1
+
+    def test_close_after_waits_for_the_source(self) -> None:
+        events = [ev("customer_message", T0)]
+        pol = self._idle(hours=0.5)
+        result = evaluate_contact(events, pol, at(hours=2), at(minutes=20))
+        assert result.status is Status.OPEN  # read only up to 09:20: a reply may be coming
+        assert result.awaiting_watermark is not None
+
+    def test_a_message_after_the_close_reopens_the_contact(self) -> None:
+        events = [
+            ev("customer_message", T0),
+            ev("agent_reply", at(minutes=10)),
+            ev("customer_message", at(hours=3)),
+        ]
+        ts = targets(events, pol=self._idle(hours=1), as_of=at(hours=3, minutes=5))
+        assert ts[("next_reply", 0)].is_open
+
+    def test_a_close_in_a_silence_stands_when_the_customer_writes_again(self) -> None:
+        first = [ev("customer_message", T0)]
+        pol = self._idle(hours=0.5)
+        early = targets(first, pol=pol, as_of=at(hours=2))
+        assert early[("first_reply", 0)].outcome is Outcome.CANCELLED
+        later = targets([*first, ev("customer_message", at(hours=3))], pol=pol, as_of=at(hours=3))
+        assert later[("first_reply", 0)].outcome is Outcome.CANCELLED  # decided: it stands
+        assert later[("next_reply", 0)].is_open  # the new message reopened the contact

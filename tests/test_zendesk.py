@@ -4,6 +4,7 @@ pages, overlap duplicates, out-of-order updates, a 429 with Retry-After, a 5xx b
 from __future__ import annotations
 
 import base64
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,41 @@ from .fakeapi import Reply, fake_api
 T0 = datetime(2026, 11, 2, 9, tzinfo=UTC)
 TS = int(T0.timestamp())
 AGENT, ALICE, BOB = 7001, 9001, 9002
+ADMIN, INTEGRATION, CAROL = 7002, 8001, 9003  # an admin, an API integration, a CC'd colleague
+ROLES = {AGENT: "agent", ADMIN: "admin", INTEGRATION: "agent", ALICE: "end-user"}
+ROLES |= {BOB: "end-user", CAROL: "end-user"}
+
+
+def users(req: Any) -> Reply:
+    """users/show_many.json, shaped like the vendor's: {"users": [...], "next_page": ...}."""
+    ids = [int(x) for x in req.params["ids"].split(",")]
+    return (
+        200,
+        {},
+        {
+            "users": [
+                {
+                    "id": i,
+                    "url": f"https://acme.zendesk.com/api/v2/users/{i}.json",
+                    "name": f"User {i}",
+                    "email": f"user{i}@example.com",
+                    "role": ROLES[i],
+                    "role_type": None,
+                    "active": True,
+                    "suspended": False,
+                }
+                for i in ids
+                if i in ROLES
+            ],
+            "next_page": None,
+            "previous_page": None,
+            "count": len(ids),
+        },
+    )
+
+
+def router(export: Any) -> Any:
+    return lambda req: users(req) if req.path.endswith("/users/show_many.json") else export(req)
 
 
 def audit(
@@ -216,7 +252,7 @@ def test_a_day_of_tickets_end_to_end(tmp_path: Path, shipped_config: Config) -> 
     )
     results: list[PollResult] = []
     errors: list[SourceError] = []
-    with fake_api(lambda req: next(script)) as api:
+    with fake_api(router(lambda req: next(script))) as api:
         src = zendesk(api.url)
         cursor = None
         for _ in range(6):
@@ -229,12 +265,13 @@ def test_a_day_of_tickets_end_to_end(tmp_path: Path, shipped_config: Config) -> 
             cursor = r.cursor
             if not r.more:
                 break
-    first = api.requests[0]
+    exports = [r for r in api.requests if r.path.endswith("ticket_events.json")]
+    first = exports[0]
     assert first.path == "/api/v2/incremental/ticket_events.json"
     assert first.params == {"start_time": str(TS + 86400 - 7 * 86400), "include": "comment_events"}
     expected_auth = base64.b64encode(b"bot@acme.test/token:zd-token-123").decode()
     assert first.headers["authorization"] == f"Basic {expected_auth}"
-    assert api.requests[1].params["start_time"] == str(TS + 60 - 120)  # the overlap
+    assert exports[1].params["start_time"] == str(TS + 60 - 120)  # the overlap
     assert isinstance(errors[0], RateLimited) and errors[0].retry_after == 30
     assert [e.status for e in errors[1:]] == [503, 503]
     assert results[-1].watermark == T0 + timedelta(seconds=7200)
@@ -244,8 +281,9 @@ def test_a_day_of_tickets_end_to_end(tmp_path: Path, shipped_config: Config) -> 
     assert kinds[("101", "15:customer_message")] == "customer_message"
     assert kinds[("101", "31:agent_reply")] == "agent_reply"
     assert ("103", "51:agent_reply") not in kinds  # a private note acknowledges nobody
-    rejected = [x for r in results for x in r.rejected]
-    assert [x.reason for x in rejected] == ["unknown_requester"]
+    assert [x for r in results for x in r.rejected] == []
+    # a ticket from before the export start: its agent is known by role all the same
+    assert kinds[("55", "61:agent_reply")] == "agent_reply"
     by_ticket = {e.conversation_id: e for e in events if e.kind.value == "customer_message"}
     assert (
         by_ticket["101"].channel.value,
@@ -287,3 +325,78 @@ def test_too_recent_start_time_is_not_an_error(tmp_path: Path) -> None:
     ) as api:
         r = zendesk(api.url).poll('{"end_time": 1, "tickets": {}}', T0)
     assert r.events == [] and r.cursor == '{"end_time": 1, "tickets": {}}'
+
+
+def test_only_agents_reply_cc_users_ask_merges_notes_and_integrations_do_neither(
+    tmp_path: Path, shipped_config: Config
+) -> None:
+    web = {"channel": "web", "source": {"from": {}, "to": {}, "rel": None}}
+    merge_via = {
+        "channel": "merge",
+        "source": {"from": {"ticket_id": 300, "subject": "Refund?"}, "to": {}, "rel": "merge"},
+    }
+    api_via = {"channel": "api", "source": {"from": {}, "to": {}, "rel": None}}
+    updates = [
+        audit(
+            70,
+            201,
+            TS,
+            "Mail",
+            [
+                {"id": 71, "requester_id": ALICE, "event_type": "Create"},
+                {"id": 72, "status": "new", "event_type": "Create"},
+                {"id": 73, "group_id": 360001, "event_type": "Create"},
+                comment(74, ALICE, TS),
+            ],
+        ),
+        # Alice's colleague, CC'd, chases: still the customer's side, not an answer
+        audit(75, 201, TS + 600, "Mail", [comment(76, CAROL, TS + 600)], updater=CAROL),
+        # an agent's internal note, then the merge of a duplicate (its comment is public)
+        audit(77, 201, TS + 900, web, [comment(78, AGENT, TS + 900, public=False)], AGENT),
+        audit(79, 201, TS + 1000, merge_via, [{**comment(80, AGENT, TS + 1000), "via": merge_via}]),
+        # an integration posts through the API: a machine's message
+        audit(
+            81,
+            201,
+            TS + 1200,
+            api_via,
+            [{**comment(82, INTEGRATION, TS + 1200), "via": api_via}],
+            INTEGRATION,
+        ),
+        # the admin answers: the first personal reply, at 1 h 20 min
+        audit(83, 201, TS + 4800, web, [comment(84, ADMIN, TS + 4800, channel="web")], ADMIN),
+    ]
+    with fake_api(router(lambda req: page(updates, TS + 7200, last=True))) as api:
+        result = zendesk(api.url, automation_users=[INTEGRATION]).poll(None, T0 + timedelta(1))
+    lookups = [r for r in api.requests if r.path.endswith("/users/show_many.json")]
+    assert len(lookups) == 1  # one lookup for every author of the page
+    kinds = {
+        e.event_id: e.kind.value
+        for e in result.events
+        if e.event_id[:2] in {"74", "76", "78", "80", "82", "84"}
+    }
+    assert kinds == {
+        "74:customer_message": "customer_message",
+        "76:customer_message": "customer_message",
+        "82:auto_reply": "auto_reply",
+        "84:agent_reply": "agent_reply",
+    }
+    assert all(e.customer_id == str(ALICE) for e in result.events)
+    roles = json.loads(result.cursor or "{}")["roles"]
+    assert roles[str(CAROL)] == "end-user" and roles[str(ADMIN)] == "admin"
+
+    store = Store(f"sqlite:///{tmp_path / 'zd.db'}")
+    store.migrate()
+    monitor = Monitor(store, shipped_config, FixedClock(T0 + timedelta(days=1)))
+    monitor.load()
+    monitor.apply_poll("zendesk", "zendesk", result, 0.0)
+    rows = {
+        x["target"]: x
+        for x in report(store, shipped_config, T0 + timedelta(1), None, None)["targets"]
+    }
+    # the integration's post acknowledged (auto_ack met at 20 min, late for 2 min) ...
+    assert rows["auto_ack"]["breached"] == 1
+    # ... but only the admin's reply is personal, after the hour: breached, then answered
+    assert rows["first_reply"]["breached"] == 1
+    assert rows["first_reply"]["response_seconds"]["max"] == 4800
+    store.close()

@@ -58,6 +58,9 @@ class ContactRow(Base):
     events: Mapped[int] = mapped_column(Integer)
     next_wake_us: Mapped[int | None] = mapped_column(BigInteger)
     awaiting_us: Mapped[int | None] = mapped_column(BigInteger)
+    # opened while no rule matched it (sla_contacts_unmatched_total): kept from the opening,
+    # like the labels it was counted under
+    unmatched: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class TargetRow(Base):

@@ -445,6 +445,7 @@ class Store:
         replace: bool | Iterable[ContactKey] = True,
         contact_labels: dict[ContactKey, tuple[str, str, str]] | None = None,
         target_labels: dict[tuple[str, str, str, int], tuple[str, str, str]] | None = None,
+        unmatched_before: set[ContactKey] | None = None,
     ) -> None:
         """Write contact and target rows for these evaluations (replacing what was there).
 
@@ -460,7 +461,7 @@ class Store:
         for where in _by_contact(CONTACTS, existing):
             conn.execute(delete(CONTACTS).where(where))
         contact_rows, target_rows = evaluation_rows(
-            evaluations, repeat_links, contact_labels, target_labels
+            evaluations, repeat_links, contact_labels, target_labels, unmatched_before
         )
         self.write_state_rows(conn, contact_rows, target_rows)
 
@@ -651,6 +652,7 @@ class Store:
         write(events)
         opened: Counter[tuple[str, ...]] = Counter()
         repeats: Counter[tuple[str, ...]] = Counter()
+        unmatched: Counter[tuple[str, ...]] = Counter()
         for where in _by_contact(CONTACTS, keys):
             q = select(
                 CONTACTS.c.channel,
@@ -658,12 +660,15 @@ class Store:
                 CONTACTS.c.priority,
                 CONTACTS.c.opened_us,
                 CONTACTS.c.repeat_of_source,
+                CONTACTS.c.unmatched,
             ).where(where)
-            for ch, q_, p, opened_us, repeat_of in conn.execute(q):
+            for ch, q_, p, opened_us, repeat_of, no_rule in conn.execute(q):
                 if opened_us is not None:
                     opened[(ch, q_, p)] += 1
                 if repeat_of is not None:
                     repeats[(ch, q_)] += 1
+                if no_rule:
+                    unmatched[(ch, q_)] += 1
         outcomes: Counter[tuple[str, ...]] = Counter()
         responses: dict[tuple[str, str, str, int], list[float]] = {}
         targets = 0
@@ -694,6 +699,7 @@ class Store:
             ("sla_events_ingested", ingested),
             ("sla_contacts_opened", opened),
             ("sla_repeat_contacts", repeats),
+            ("sla_contacts_unmatched", unmatched),
             ("sla_target_outcomes", outcomes),
         ):
             self._carry(conn, metric, counts)
@@ -832,6 +838,14 @@ class Store:
             .group_by(CONTACTS.c.channel, CONTACTS.c.queue, CONTACTS.c.priority)
         )
         return self._plus_carried(conn, "sla_contacts_opened", q)
+
+    def unmatched_counts(self, conn: Connection) -> list[tuple[tuple[str, ...], int]]:
+        q = (
+            select(CONTACTS.c.channel, CONTACTS.c.queue, func.count())
+            .where(CONTACTS.c.unmatched.is_(True))
+            .group_by(CONTACTS.c.channel, CONTACTS.c.queue)
+        )
+        return self._plus_carried(conn, "sla_contacts_unmatched", q)
 
     def repeat_counts(self, conn: Connection) -> list[tuple[tuple[str, ...], int]]:
         q = (
@@ -1026,6 +1040,7 @@ _CONTACT_COLUMNS = (
     "events",
     "next_wake_us",
     "awaiting_us",
+    "unmatched",
 )
 _TARGET_COLUMNS = (
     "source",
@@ -1052,6 +1067,7 @@ def evaluation_rows(
     repeat_links: dict[ContactKey, ContactKey] | None = None,
     contact_labels: dict[ContactKey, tuple[str, str, str]] | None = None,
     target_labels: dict[tuple[str, str, str, int], tuple[str, str, str]] | None = None,
+    unmatched_before: set[ContactKey] | None = None,
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """Contact and target rows (in _CONTACT_COLUMNS, _TARGET_COLUMNS order) for these
     evaluations: plain tuples, so a replay worker process can build them."""
@@ -1062,7 +1078,12 @@ def evaluation_rows(
         a = ev.attributes
         prio = a.priority or NO_PRIORITY
         link = links.get(ev.key)
-        ch, q, p = (contact_labels or {}).get(ev.key) or (a.channel.value, a.queue, prio)
+        kept = (contact_labels or {}).get(ev.key)
+        ch, q, p = kept or (a.channel.value, a.queue, prio)
+        if kept is not None:  # opened before: counted then, as it was then
+            unmatched = ev.key in (unmatched_before or ())
+        else:
+            unmatched = ev.rule is None and ev.opened_at is not None
         contact_rows.append(
             (  # in _CONTACT_COLUMNS order
                 ev.key[0],
@@ -1080,6 +1101,7 @@ def evaluation_rows(
                 ev.events,
                 _us(ev.next_wake),
                 _us(ev.awaiting_watermark),
+                unmatched,
             )
         )
         for t in ev.targets:

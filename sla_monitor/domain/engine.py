@@ -7,6 +7,7 @@ so the result depends only on the set of events, never on their arrival order.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -22,7 +23,7 @@ from sla_monitor.domain.events import (
     Status,
     normalize,
 )
-from sla_monitor.domain.policy import ContactAttributes, Policy, TargetName, TargetSpec
+from sla_monitor.domain.policy import ContactAttributes, Policy, Rule, TargetName, TargetSpec
 
 
 class TargetState(StrEnum):
@@ -170,6 +171,10 @@ def _walk(events: Sequence[Event], specs: dict[TargetName, TargetSpec]) -> _Walk
             EventKind.CALLBACK_REQUESTED,
         ):
             end(t, "fulfilled", [n for n, c in w.running.items() if e.kind in c.spec.fulfilments])
+            if e.kind is EventKind.CALLBACK_REQUESTED and TargetName.ANSWER in w.running:
+                # the caller left the queue for a callback: the wait ends with the call,
+                # judged by time (breached if the deadline had passed, else cancelled)
+                end(t, "stopped", [TargetName.ANSWER])
             if e.kind is EventKind.AGENT_REPLY:
                 awaiting_follow_up = True
                 if w.status is Status.OPEN:
@@ -341,6 +346,11 @@ def evaluate_contact(
     attrs = contact_attributes(evs)
     rule = policy.rule_for(attrs)
     specs = {t.name: t for t in rule.targets} if rule else {}
+    stored = len(evs)
+    closes = _idle_closes(evs, rule, as_of, watermark)
+    last = evs[-1]
+    if closes:  # idle for `close_after`: closed then (in event order, so the walk sees it)
+        evs = normalize([*evs, *(_closed(last, at, i) for i, at in enumerate(closes))])
     walk = _walk(evs, specs)
     results = tuple(_judge(c, walk, policy, as_of, watermark) for c in walk.clocks)
     opened = next((e.occurred_at for e in evs if e.kind in CUSTOMER_STARTS), None)
@@ -368,6 +378,13 @@ def evaluate_contact(
             and (awaiting is None or r.deadline < awaiting)
         ):
             awaiting = r.deadline
+    if rule is not None and rule.close_after is not None:
+        idle_end = last.occurred_at + rule.close_after
+        if any(r.is_open for r in results) and not (closes and closes[-1] == idle_end):
+            if idle_end > as_of:
+                wake = idle_end if wake is None else min(wake, idle_end)
+            elif awaiting is None or idle_end < awaiting:
+                awaiting = idle_end  # due, but the source has not been read that far
     return ContactEvaluation(
         key,
         attrs,
@@ -378,7 +395,44 @@ def evaluate_contact(
         results,
         wake,
         awaiting,
-        len(evs),
+        stored,
+    )
+
+
+CLOSE_AFTER_EVENT_ID = "close_after"  # the id of the closing no event was stored for
+
+
+def _idle_closes(
+    evs: Sequence[Event], rule: Rule | None, as_of: datetime, watermark: datetime
+) -> list[datetime]:
+    """When the contact was closed for inactivity: `close_after` after each event followed
+    by that long a silence — the last one only once the source has been read past it (no
+    event can still arrive before it)."""
+    if rule is None or rule.close_after is None or not evs:
+        return []
+    idle = rule.close_after
+    out = [
+        a.occurred_at + idle
+        for a, b in itertools.pairwise(evs)
+        if b.occurred_at - a.occurred_at > idle
+    ]
+    at = evs[-1].occurred_at + idle
+    if at <= min(as_of, watermark):
+        out.append(at)
+    return out
+
+
+def _closed(last: Event, at: datetime, n: int) -> Event:
+    return Event(
+        source=last.source,
+        event_id=f"{CLOSE_AFTER_EVENT_ID}:{n}",
+        conversation_id=last.conversation_id,
+        kind=EventKind.STATUS_CHANGED,
+        occurred_at=at,
+        channel=last.channel,
+        queue=last.queue,
+        status=Status.CLOSED,
+        reason="close_after",
     )
 
 

@@ -91,6 +91,7 @@ class Rule:
     name: str
     match: Match
     targets: tuple[TargetSpec, ...]
+    close_after: timedelta | None = None  # a contact with no event for this long is closed
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,15 @@ class Policy:
             if rule.match.matches(contact):
                 return rule
         return None
+
+    def could_match(self, channel: Channel, queue: str | None) -> bool:
+        """Whether some rule could take a contact on this channel (and queue, when known),
+        whatever its priority, tier and tags."""
+        return any(
+            (r.match.channels is None or channel in r.match.channels)
+            and (queue is None or r.match.queues is None or queue in r.match.queues)
+            for r in self.rules
+        )
 
     def targets_for_channel(self, channel: Channel) -> list[TargetName]:
         """Targets any rule could give a contact on this channel (for zero-valued series)."""

@@ -77,7 +77,28 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"{args.config}: OK — {len(s.policy.rules)} policy rules, {len(s.calendars)} calendars, "
         f"{len(s.sources)} sources ({', '.join(f'{x.name} [{x.kind}]' for x in s.sources) or '-'})"
     )
+    for warning in unmatched_sources(config):
+        print(f"{args.config}: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def unmatched_sources(config: Config) -> list[str]:
+    """Configured sources whose contacts no policy rule can take (they would get no targets
+    and be counted in sla_contacts_unmatched_total)."""
+    out = []
+    for i, src in enumerate(config.settings.sources):
+        if src.channel is None:
+            continue
+        queues: list[str | None] = list(src.queues) or [None]
+        for queue in queues:
+            if not config.policy.could_match(src.channel, queue):
+                where = f"queue {queue!r} of " if queue else ""
+                out.append(
+                    f"sources[{i}] ({src.name}): no policy rule matches {where}channel "
+                    f"{src.channel.value!r}; its contacts would have no targets — add a rule "
+                    "(policy.rules) that matches it"
+                )
+    return out
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -96,6 +96,15 @@ class MonitorCollector(Collector):
             oldest.add_metric([ch, q, t], started_us / 1e6)
         yield oldest
 
+        unmatched = CounterMetricFamily(
+            "sla_contacts_unmatched",
+            "Contacts opened that no policy rule matched: they have no targets at all.",
+            labels=["channel", "queue"],
+        )
+        for (ch, q), n in sorted(snap["unmatched"].items()):
+            unmatched.add_metric([ch, q], n)
+        yield unmatched
+
         repeats = CounterMetricFamily(
             "sla_repeat_contacts",
             "Contacts opened while an earlier one of the same customer "

@@ -112,6 +112,7 @@ class LiveState:
         self.outcomes: Counter[tuple[str, ...]] = Counter()
         self.opened: Counter[tuple[str, ...]] = Counter()
         self.repeats: Counter[tuple[str, ...]] = Counter()
+        self.unmatched: Counter[tuple[str, ...]] = Counter()
         self.responses: dict[tuple[str, str, str], Histogram] = {}
         self.ingested: Counter[tuple[str, ...]] = Counter()
         self.rejected: Counter[tuple[str, ...]] = Counter()

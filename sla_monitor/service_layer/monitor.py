@@ -192,6 +192,8 @@ class Monitor:
                 live.opened[key] = n
             for key, n in self.store.repeat_counts(conn):
                 live.repeats[key] = n
+            for key, n in self.store.unmatched_counts(conn):
+                live.unmatched[key] = n
             for key, n in self.store.ingested_counts(conn):
                 live.ingested[key] = n
             for key, n in self.store.rejected_counts(conn):
@@ -626,6 +628,7 @@ class Monitor:
             live.outcomes.clear()
             live.opened.clear()
             live.repeats.clear()
+            live.unmatched.clear()
             live.responses.clear()
             self._wake_heap.clear()
             self._wake_at.clear()
@@ -817,6 +820,9 @@ class Monitor:
             for k, r in old_contacts.items()
             if r.repeat_of_source is not None
         }
+        unmatched_before = {
+            k for k, r in old_contacts.items() if r.opened_us is not None and r.unmatched
+        }
         store.save_evaluations(
             conn,
             evaluations,
@@ -824,6 +830,7 @@ class Monitor:
             replace=known,
             contact_labels=contact_labels,
             target_labels=target_labels,
+            unmatched_before=unmatched_before,
         )
         # live aggregates (once committed): remove each old row's contribution, add the new
         defer = self._defer
@@ -837,6 +844,8 @@ class Monitor:
                 a = ev.attributes
                 ch, q, p = labels or (a.channel.value, a.queue, a.priority or NO_PRIORITY)
                 defer(_count, live.opened, (ch, q, p), 1)
+                if labels is None and ev.rule is None:  # opens now, and no rule takes it
+                    defer(_count, live.unmatched, (ch, q), 1)
             defer(live.series.add, (ev.attributes.channel.value, ev.attributes.queue))
             previous: dict[tuple[str, int], _Row] = {}
             for r in old_targets.get(key, []):
@@ -1003,6 +1012,7 @@ class Monitor:
                 "outcomes": dict(live.outcomes),
                 "opened": dict(live.opened),
                 "repeats": dict(live.repeats),
+                "unmatched": dict(live.unmatched),
                 "responses": {k: (h.cumulative(), h.total) for k, h in live.responses.items()},
                 "ingested": dict(live.ingested),
                 "rejected": dict(live.rejected),

@@ -4,9 +4,13 @@ Reads the incremental ticket event export with comments
 (`GET /api/v2/incremental/ticket_events.json?start_time=…&include=comment_events`).
 Each item is one ticket update (an audit) with its `child_events`:
 
-- a public comment by the ticket's requester -> `customer_message`;
-- a public comment by anyone else -> `agent_reply`, unless it was made by a trigger or
-  automation (`via.channel == "rule"`) -> `auto_reply`; private notes are skipped;
+- a public comment by an **agent or admin** (roles looked up with `users/show_many` and
+  remembered in the cursor) -> `agent_reply`; by an **end user** — the requester or anyone
+  CC'd — -> `customer_message`;
+- a comment made by a trigger or automation (`via.channel == "rule"`), or by one of the
+  configured `automation_users` (an integration's API user) -> `auto_reply`;
+- private notes and merge comments (`via.channel == "merge"`, or `via.source.rel ==
+  "merge"`: "Request #12 was closed and merged into this request") are not replies at all;
 - a notification sent by a trigger (`Notification` events, `via.channel == "rule"`) ->
   `auto_reply` (the "we received your request" e-mail);
 - status changes -> `status_changed` (`new`/`open` -> open, `hold` -> on_hold, ...);
@@ -77,6 +81,8 @@ STATUSES = {
 }
 PRIORITIES = {"low", "normal", "high", "urgent"}
 MAX_TICKETS = 50_000  # tickets remembered in the cursor (most recently updated kept)
+MAX_USERS = 50_000  # user roles remembered in the cursor
+AGENT_ROLES = frozenset({"agent", "admin"})
 
 
 class ZendeskOptions(SourceOptions):
@@ -90,6 +96,7 @@ class ZendeskOptions(SourceOptions):
     groups: dict[str, str] = {}  # group id -> queue name
     default_queue: str = "unassigned"
     default_channel: Channel = Channel.EMAIL
+    automation_users: list[int] = []  # users whose comments are an integration's, not a person's
     timeout: float = 30.0
 
     @field_validator("start", "overlap", mode="before")
@@ -103,6 +110,14 @@ class ZendeskOptions(SourceOptions):
         if not self.subdomain:
             raise ValueError("give subdomain (or base_url)")
         return f"https://{self.subdomain}.zendesk.com"
+
+
+def _is_merge(via: Any) -> bool:
+    if not isinstance(via, dict):
+        return str(via).lower() == "merge"
+    source = via.get("source")
+    rel = source.get("rel") if isinstance(source, dict) else None
+    return _via_channel(via) == "merge" or str(rel).lower() == "merge"
 
 
 def _via_channel(via: Any) -> str | None:
@@ -124,6 +139,7 @@ class ZendeskSource:
             credential=f"the API token of {options.email} (from {options.token.describe()})",
         )
         self._last_request = 0.0
+        self.automation_users = {int(u) for u in options.automation_users}
 
     # -- mapping ------------------------------------------------------------------------
 
@@ -133,7 +149,11 @@ class ZendeskSource:
         return self.options.groups.get(str(group), f"group-{group}")
 
     def map_update(
-        self, te: dict[str, Any], tickets: OrderedDict[str, dict[str, Any]], out: PollResult
+        self,
+        te: dict[str, Any],
+        tickets: OrderedDict[str, dict[str, Any]],
+        out: PollResult,
+        roles: dict[str, str] | None = None,
     ) -> None:
         """One ticket update (audit) and its child events -> normalized events."""
         try:
@@ -192,15 +212,25 @@ class ZendeskSource:
             if etype == "Comment":
                 if not c.get("public", True):
                     continue  # an internal note acknowledges nobody
+                if _is_merge(c.get("via")) or _is_merge(te.get("via")):
+                    continue  # "merged into this request": nobody wrote to anybody
                 author = str(c.get("author_id")) if c.get("author_id") is not None else None
-                if by_rule:
+                role = (roles or {}).get(author or "")
+                if by_rule or (author and int(author) in self.automation_users):
                     emit(c, EventKind.AUTO_REPLY)
+                elif role in AGENT_ROLES:
+                    emit(c, EventKind.AGENT_REPLY)
+                elif role == "end-user":  # the requester, or a colleague CC'd on the ticket
+                    if requester is None:
+                        ticket["requester"] = requester = author
+                    emit(c, EventKind.CUSTOMER_MESSAGE)
                 elif requester is None:
                     out.rejected.append(
                         Rejected(
                             "unknown_requester",
-                            f"ticket {tid}: comment {c.get('id')} on a ticket created before the "
-                            "export start (requester unknown); raise `start` to include it",
+                            f"ticket {tid}: comment {c.get('id')} by user {author}, whose role "
+                            "is unknown, on a ticket created before the export start; raise "
+                            "`start` to include it",
                             json.dumps(c)[:20000],
                         )
                     )
@@ -244,20 +274,48 @@ class ZendeskSource:
         updates = body.get("ticket_events") if isinstance(body, dict) else None
         if not isinstance(updates, list) or "end_time" not in body:
             raise SourceError("unexpected response: no ticket_events list or end_time")
+        roles: OrderedDict[str, str] = OrderedDict(state.get("roles", {}))
+        items = [u for u in updates if isinstance(u, dict)]
+        self._learn_roles(items, roles)
         # pages are time-ordered, but order within a page is not relied on
-        for te in sorted(
-            (u for u in updates if isinstance(u, dict)),
-            key=lambda u: (u.get("timestamp") or 0, u.get("id") or 0),
-        ):
-            self.map_update(te, tickets, result)
+        for te in sorted(items, key=lambda u: (u.get("timestamp") or 0, u.get("id") or 0)):
+            self.map_update(te, tickets, result, roles)
         end_time = max(int(body["end_time"]), int(state.get("end_time", 0)))
-        state = {"end_time": end_time, "tickets": tickets}
+        while len(roles) > MAX_USERS:
+            roles.popitem(last=False)
+        state = {"end_time": end_time, "tickets": tickets, "roles": roles}
         result.cursor = json.dumps(state)
         result.watermark = datetime.fromtimestamp(end_time, UTC)
         if not body.get("end_of_stream", True):
             result.more = True
             result.next_poll_after = self.options.min_request_interval
         return result
+
+    def _learn_roles(self, updates: list[dict[str, Any]], roles: OrderedDict[str, str]) -> None:
+        """Look up the roles of comment authors not seen before (100 users a request)."""
+        wanted = sorted(
+            {
+                str(c["author_id"])
+                for te in updates
+                for c in te.get("child_events") or []
+                if isinstance(c, dict)
+                and (c.get("event_type") or c.get("type")) == "Comment"
+                and c.get("public", True)
+                and c.get("author_id") is not None
+                and str(c["author_id"]) not in roles
+            }
+        )
+        for i in range(0, len(wanted), 100):
+            ids = wanted[i : i + 100]
+            body = self.client.get(
+                f"{self.base}/api/v2/users/show_many.json", {"ids": ",".join(ids)}
+            )
+            users = body.get("users") if isinstance(body, dict) else None
+            if not isinstance(users, list):
+                raise SourceError("unexpected response from users/show_many: no users list")
+            for u in users:
+                if isinstance(u, dict) and u.get("id") is not None and u.get("role"):
+                    roles[str(u["id"])] = str(u["role"])
 
     def close(self) -> None:
         self.client.close()
