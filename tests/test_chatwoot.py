@@ -76,9 +76,33 @@ MESSAGES = {
         msg(112, 11, 2, 3, 30.05),
         msg(113, 11, 2, 1, 31, "User", content_attributes={"automation_rule_id": 7}),
     ],
-    # an e-mail: a campaign's message is not a person's reply; a person replies at 40 min
+    # an e-mail: a campaign's message is not a person's reply; a person replies at 40 min;
+    # the customer's out-of-office (marked by Chatwoot) and a bounce are nobody asking
     "12": [
         msg(121, 12, 3, 0, 60),
+        msg(
+            124,
+            12,
+            3,
+            0,
+            60.5,
+            "Contact",
+            content_attributes={
+                "email": {"from": ["eve@example.com"], "subject": "Out of office"},
+                "auto_reply": True,
+            },
+        ),
+        msg(
+            125,
+            12,
+            3,
+            0,
+            61.5,
+            "Contact",
+            content_attributes={
+                "email": {"from": ["MAILER-DAEMON@mx.example.com"], "subject": "Undelivered"}
+            },
+        ),
         msg(122, 12, 3, 1, 61, "User", additional_attributes={"campaign_id": 3}),
         msg(123, 12, 3, 1, 100, "User"),
     ],
@@ -176,6 +200,7 @@ def test_conversations_end_to_end(tmp_path: Path, shipped_config: Config) -> Non
         "123": ("agent_reply", "email", "support@acme.test"),
     }
     assert again.events == []  # nothing after the last message ids
+    assert first.skipped == {"auto_reply": 1, "bounce": 1}  # neither is a customer asking
     assert next(e for e in first.events if e.event_id == "121").customer_id == "eve@example.com"
 
     store = Store(f"sqlite:///{tmp_path / 'cw.db'}")

@@ -43,6 +43,14 @@ class Rejected:
         return digest.hexdigest()[:40]
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """An item read and left out on purpose (a bounce, an out-of-office reply): counted in
+    sla_events_skipped_total{reason}, never an event."""
+
+    reason: str
+
+
 @dataclass
 class PollResult:
     events: list[Event] = field(default_factory=list)

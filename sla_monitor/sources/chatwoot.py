@@ -31,8 +31,16 @@ from pydantic import Field, field_validator
 
 from sla_monitor.domain.events import Channel, Event, EventKind, Status
 from sla_monitor.domain.timeutil import parse_duration
-from sla_monitor.sources.abc import PollResult, Rejected, SourceContext, SourceError, SourceOptions
+from sla_monitor.sources.abc import (
+    PollResult,
+    Rejected,
+    Skipped,
+    SourceContext,
+    SourceError,
+    SourceOptions,
+)
 from sla_monitor.sources.http import JsonClient
+from sla_monitor.sources.mailclass import DAEMONS, NOREPLY
 from sla_monitor.sources.secrets import SecretRef
 
 CHANNEL_TYPES = {
@@ -57,6 +65,27 @@ ACTIVITY = [
     (re.compile(r"\bpending\b", re.I), Status.PENDING),
 ]
 MAX_CONVERSATIONS = 100_000
+
+
+def _incoming_machine(msg: dict[str, Any]) -> str | None:
+    """Why an incoming message was written by software, if it was: Chatwoot's own mark for
+    auto-replies into e-mail inboxes (`content_attributes.auto_reply`), or an e-mail sender
+    that is a mail daemon or a no-reply address (as `mailclass` judges them)."""
+    content = msg.get("content_attributes") or {}
+    if not isinstance(content, dict):
+        return None
+    found = content.get("email")
+    email: dict[str, Any] = found if isinstance(found, dict) else {}
+    if content.get("auto_reply") or email.get("auto_reply"):
+        return "auto_reply"
+    senders = email.get("from") or []
+    for address in [senders] if isinstance(senders, str) else senders:
+        local = str(address).rpartition("@")[0].lower().strip('<> "')
+        if local in DAEMONS:
+            return "bounce"
+        if NOREPLY.match(local):
+            return "noreply_sender"
+    return None
 
 
 class ChatwootOptions(SourceOptions):
@@ -108,7 +137,7 @@ class ChatwootSource:
 
     def to_event(
         self, msg: dict[str, Any], conv: dict[str, Any], customer: str | None
-    ) -> Event | Rejected | None:
+    ) -> Event | Rejected | Skipped | None:
         try:
             mid, mtype, created = int(msg["id"]), int(msg["message_type"]), msg["created_at"]
             when = datetime.fromtimestamp(float(created), UTC)
@@ -124,6 +153,9 @@ class ChatwootSource:
         queue, channel = self.inboxes.get(int(inbox_id or 0), (f"inbox-{inbox_id}", Channel.CHAT))
         status = None
         if mtype == 0:
+            machine = _incoming_machine(msg)
+            if machine is not None:
+                return Skipped(machine)  # an out-of-office or a bounce into an e-mail inbox
             kind = EventKind.CUSTOMER_MESSAGE
         elif mtype == 1:
             content = msg.get("content_attributes") or {}
@@ -222,6 +254,8 @@ class ChatwootSource:
                     ev = self.to_event(msg, conv, customer)
                     if isinstance(ev, Event):
                         result.events.append(ev)
+                    elif isinstance(ev, Skipped):
+                        result.skipped[ev.reason] += 1
                     elif ev is not None:
                         result.rejected.append(ev)
                     newest = max(newest, int(msg.get("id") or 0))

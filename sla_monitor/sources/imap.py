@@ -32,7 +32,6 @@ import logging
 import re
 import ssl
 from collections import OrderedDict
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
@@ -47,6 +46,7 @@ from sla_monitor.sources.abc import (
     AuthFailed,
     PollResult,
     Rejected,
+    Skipped,
     SourceContext,
     SourceError,
     SourceOptions,
@@ -84,13 +84,6 @@ class ImapOptions(SourceOptions):
 
 def is_automatic(msg: EmailMessage) -> bool:
     return classify(msg).automatic
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A message read and left out on purpose; `reason` labels sla_events_skipped_total."""
-
-    reason: str
 
 
 def normalize_subject(subject: str) -> str:

@@ -50,8 +50,8 @@ _VENDOR_MARKERS: dict[str, frozenset[str] | None] = {
     "X-Apple-Action": frozenset({"vacation"}),
 }
 _OOF_SUPPRESS = frozenset({"all", "oof", "autoreply"})
-_NOREPLY = re.compile(r"^(no[-_.]?reply|do[-_.]?not[-_.]?reply)([-_.+].*)?$")
-_DAEMONS = frozenset({"mailer-daemon", "postmaster"})
+NOREPLY = re.compile(r"^(no[-_.]?reply|do[-_.]?not[-_.]?reply)([-_.+].*)?$")
+DAEMONS = frozenset({"mailer-daemon", "postmaster"})
 _REPORTS = {
     "delivery-status": "bounce",
     "disposition-notification": "read_receipt",
@@ -90,7 +90,7 @@ def classify(msg: EmailMessage, list_mail: Literal["customer", "skip"] = "custom
         reason = _REPORTS.get(kind, "report")
         return Verdict(True, reason, bounce=reason == "bounce")
     senders = _senders(msg)
-    if any(_local(s) in _DAEMONS for s in senders):
+    if any(_local(s) in DAEMONS for s in senders):
         return Verdict(True, "bounce", bounce=True)
     raw_from = " ".join(str(v) for v in msg.get_all("From", [])).strip()
     if not senders or raw_from in ("", "<>"):
@@ -118,7 +118,7 @@ def classify(msg: EmailMessage, list_mail: Literal["customer", "skip"] = "custom
     precedence = {str(v).strip().lower() for v in msg.get_all("Precedence", [])}
     if precedence & {"bulk", "junk", "auto_reply"}:
         return Verdict(True, "bulk")
-    if any(_NOREPLY.match(_local(s)) for s in senders):
+    if any(NOREPLY.match(_local(s)) for s in senders):
         return Verdict(True, "noreply_sender")
     if list_mail == "skip" and ("list" in precedence or msg.get("List-Id") is not None):
         return Verdict(True, "list")
