@@ -473,3 +473,30 @@ class TestEveryContactEnds:
         later = targets([*first, ev("customer_message", at(hours=3))], pol=pol, as_of=at(hours=3))
         assert later[("first_reply", 0)].outcome is Outcome.CANCELLED  # decided: it stands
         assert later[("next_reply", 0)].is_open  # the new message reopened the contact
+
+
+def _closing(minutes: int) -> Policy:
+    base = policy()
+    return replace(
+        base,
+        rules=tuple(replace(r, close_after=timedelta(minutes=minutes)) for r in base.rules),
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(email_histories(), st.integers(30, 300), st.integers(0, 1500), st.integers(0, 1500))
+def test_with_close_after_decided_outcomes_stand_and_every_clock_ends(  # type: ignore[no-untyped-def]
+    events, idle, m1, m2
+) -> None:
+    pol = _closing(idle)
+    early, late = sorted((at(minutes=m1), at(minutes=m2)))
+    before = {(t.target, t.seq): t for t in evaluate_contact(events, pol, early, early).targets}
+    after = {(t.target, t.seq): t for t in evaluate_contact(events, pol, late, late).targets}
+    for key, t in before.items():
+        if t.outcome is not None:
+            assert after[key].outcome is t.outcome
+    last = max(e.occurred_at for e in events)
+    end = last + timedelta(minutes=idle)
+    final = evaluate_contact(events, pol, end, end)
+    assert not any(t.is_open for t in final.targets)
+    assert final.next_wake is None
