@@ -203,3 +203,63 @@ def test_day_by_day_deadlines_agree_with_merged_intervals(start: datetime, secon
     """The fast path for calendars whose days never overlap gives the same deadlines."""
     d = timedelta(seconds=seconds)
     assert _DAYWISE.add(start, d) == _MERGING.add(start, d)
+
+
+# -- generated calendars around DST changes: the fast path must agree with the merging one --
+_TRANSITIONS = [
+    datetime(2006, 4, 2, tzinfo=UTC),  # Los Angeles springs forward (old rules)
+    datetime(2026, 3, 8, tzinfo=UTC),  # Los Angeles springs forward
+    datetime(2026, 11, 1, tzinfo=UTC),  # ... and falls back
+    datetime(2026, 3, 29, tzinfo=UTC),  # London springs forward
+    datetime(2026, 10, 25, tzinfo=UTC),  # ... and falls back
+]
+
+
+@st.composite
+def _day(draw: st.DrawFn, night: bool) -> list[DailyHours]:
+    """Disjoint intervals of a day, in quarter hours; `night`: within 01:00-04:00, where the
+    clocks change."""
+    low, top = (4, 16) if night else (0, 96)
+    cuts = sorted(draw(st.lists(st.integers(low, top), min_size=0, max_size=6, unique=True)))
+    return [DailyHours(a * 900, b * 900) for a, b in zip(cuts[::2], cuts[1::2], strict=False)]
+
+
+@st.composite
+def _calendars(draw: st.DrawFn) -> tuple[BusinessCalendar, BusinessCalendar]:
+    zone = draw(st.sampled_from(["America/Los_Angeles", "Europe/London"]))
+    weekly = {d: draw(_day(night=draw(st.booleans()))) for d in range(7)}
+    weekly[0] = [*weekly[0], DailyHours(23 * H, 24 * H)] if not weekly[0] else weekly[0]
+    fast = BusinessCalendar("f", zone, weekly)
+    merging = BusinessCalendar(
+        "m",
+        zone,
+        weekly,
+        breaks=[(datetime(2000, 1, 1, tzinfo=UTC), datetime(2000, 1, 2, tzinfo=UTC))],
+    )
+    return fast, merging
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    _calendars(),
+    st.sampled_from(_TRANSITIONS),
+    st.integers(-3 * 86400, 3 * 86400),
+    st.integers(1, 30 * 3600),
+)
+def test_fast_and_merging_paths_agree_across_dst_gaps(
+    cals: tuple[BusinessCalendar, BusinessCalendar], day: datetime, offset: int, seconds: int
+) -> None:
+    fast, merging = cals
+    start, d = day + timedelta(seconds=offset), timedelta(seconds=seconds)
+    assert fast._days_disjoint and not merging._days_disjoint
+    assert fast.add(start, d) == merging.add(start, d)
+    assert fast.between(start, start + d) == merging.between(start, start + d)
+
+
+def test_an_interval_inside_a_spring_forward_gap_adds_no_time() -> None:
+    """Issue 12: sun 02:30-03:15 in Los Angeles on 2006-04-02 does not exist on the wall
+    clock's terms (02:00 jumps to 03:00; 02:30 maps past 03:15)."""
+    hours = {6: [DailyHours(int(2.5 * H), int(3.25 * H))], 0: [DailyHours(9 * H, 17 * H)]}
+    cal = BusinessCalendar("la", "America/Los_Angeles", hours)
+    start = datetime(2006, 4, 2, 8, tzinfo=UTC)
+    assert cal.add(start, timedelta(hours=1)) == datetime(2006, 4, 3, 17, tzinfo=UTC)

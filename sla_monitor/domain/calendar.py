@@ -177,10 +177,15 @@ class BusinessCalendar:
             if self.is_holiday(day):
                 cached = ()
             else:
-                cached = tuple(
+                spans = (
                     (self._local_to_utc(day, h.start), self._local_to_utc(day, h.end))
                     for h in self.weekly[day.weekday()]
                 )
+                # on a spring-forward day a wall time inside the gap maps past the gap: an
+                # interval there can end before it starts (no open time) or overlap the
+                # next one; sorted and merged, the day-by-day walk counts what the merging
+                # path counts
+                cached = tuple(_merge((s, e) for s, e in spans if e > s))
             if len(self._day_cache) > 20000:
                 self._day_cache.clear()
             self._day_cache[day] = cached
