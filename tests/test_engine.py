@@ -18,7 +18,7 @@ from sla_monitor.domain.engine import (
     find_repeats,
 )
 from sla_monitor.domain.events import Status
-from sla_monitor.domain.policy import Policy, TargetName, TargetSpec
+from sla_monitor.domain.policy import WAITING, Policy, TargetName, TargetSpec
 
 from .helpers import T0, at, ev, policy
 
@@ -93,14 +93,52 @@ class TestEmailAcknowledgement:
         assert set(ts) == {("auto_ack", 0), ("first_reply", 0)}
 
 
+def _pausing() -> Policy:
+    """A policy that opts first_reply in to pausing on pending/on_hold."""
+    email = (
+        TargetSpec(TargetName.AUTO_ACK, timedelta(minutes=2)),
+        TargetSpec(
+            TargetName.FIRST_REPLY,
+            timedelta(hours=1),
+            warn_before=timedelta(minutes=15),
+            pause_on=WAITING,
+        ),
+        TargetSpec(TargetName.NEXT_REPLY, timedelta(hours=4), pause_on=WAITING),
+    )
+    return policy(email=email)
+
+
 class TestPauses:
+    def test_a_status_change_is_not_an_acknowledgement_by_default(self) -> None:
+        """Issue 12: pending with no reply must not move the first-reply deadline."""
+        ts = targets(
+            [ev("customer_message", T0), ev("status_changed", at(minutes=10), status="pending")],
+            as_of=at(hours=2),
+        )
+        fr = ts[("first_reply", 0)]
+        assert fr.outcome is Outcome.BREACHED and fr.deadline == at(hours=1)
+
+    def test_keep_informed_pauses_by_default(self) -> None:
+        keep = (TargetSpec(TargetName.KEEP_INFORMED, timedelta(hours=24)),)
+        ts = targets(
+            [
+                ev("customer_message", T0),
+                ev("agent_reply", at(minutes=5)),
+                ev("status_changed", at(minutes=10), status="pending"),
+            ],
+            pol=policy(email=keep),
+            as_of=at(days=3),
+        )
+        assert ts[("keep_informed", 0)].state is TargetState.PAUSED
+
     def test_reply_during_pending_is_not_late(self) -> None:
         ts = targets(
             [
                 ev("customer_message", T0),
                 ev("status_changed", at(minutes=10), status="pending"),
                 ev("agent_reply", at(minutes=90)),
-            ]
+            ],
+            pol=_pausing(),
         )
         fr = ts[("first_reply", 0)]
         assert fr.outcome is Outcome.MET
@@ -113,6 +151,7 @@ class TestPauses:
                 ev("status_changed", at(minutes=10), status="on_hold"),
                 ev("status_changed", at(minutes=40), status="open"),
             ],
+            pol=_pausing(),
             as_of=at(minutes=50),
         )
         assert ts[("first_reply", 0)].deadline == at(minutes=90)
@@ -120,6 +159,7 @@ class TestPauses:
     def test_paused_target_has_no_deadline_while_paused(self) -> None:
         ts = targets(
             [ev("customer_message", T0), ev("status_changed", at(minutes=10), status="pending")],
+            pol=_pausing(),
             as_of=at(hours=5),
         )
         fr = ts[("first_reply", 0)]
@@ -140,6 +180,7 @@ class TestPauses:
                 ev("status_changed", at(minutes=10), status="pending"),
                 ev("customer_message", at(minutes=30)),
             ],
+            pol=_pausing(),
             as_of=at(minutes=35),
         )
         assert ts[("first_reply", 0)].deadline == at(minutes=80)

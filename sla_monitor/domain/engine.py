@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from sla_monitor.domain.calendar import TargetClock
@@ -45,6 +45,18 @@ class Outcome(StrEnum):
     ABANDONED_SHORT = "abandoned_short"
 
 
+# A source with no watermark has not been read completely up to any instant: nothing on it
+# is knowable yet (no breach is declared). Every path — live, replay, report, explain —
+# judges with `read_until`.
+NEVER_READ = datetime.min.replace(tzinfo=UTC)
+
+
+def read_until(watermark: datetime | None, as_of: datetime) -> datetime:
+    """The instant up to which a contact can be judged: its source's watermark, not past
+    `as_of`."""
+    return NEVER_READ if watermark is None else min(watermark, as_of)
+
+
 OPEN_STATES = (TargetState.ON_TRACK, TargetState.AT_RISK, TargetState.BREACHED, TargetState.PAUSED)
 
 
@@ -73,7 +85,9 @@ class ContactEvaluation:
     rule: str | None
     status: Status
     opened_at: datetime | None  # the customer's first message or call
-    first_response_at: datetime | None  # first personal response (agent reply, answered call)
+    # first personal response (agent reply, answered call), or a short abandon's end: when the
+    # contact stopped asking (the repeat-contact rule)
+    first_response_at: datetime | None
     targets: tuple[TargetResult, ...]
     next_wake: datetime | None  # next warning point or deadline after as_of
     awaiting_watermark: datetime | None  # earliest passed deadline the source has not reached
@@ -364,6 +378,15 @@ def evaluate_contact(
             ),
             None,
         )
+    # a call abandoned within short_abandon is noise: the caller who redials was not made
+    # to ask twice, so for the repeat rule the contact stops asking there
+    for r in results:
+        if (
+            r.outcome is Outcome.ABANDONED_SHORT
+            and r.ended_at is not None
+            and (first_response is None or r.ended_at < first_response)
+        ):
+            first_response = r.ended_at
     wake: datetime | None = None
     awaiting: datetime | None = None
     for r in results:

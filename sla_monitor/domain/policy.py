@@ -26,13 +26,17 @@ DEFAULT_FULFILLED_BY: dict[TargetName, frozenset[EventKind]] = {
     TargetName.KEEP_INFORMED: frozenset({EventKind.AGENT_REPLY}),
 }
 
-_WAITING = frozenset({Status.PENDING, Status.ON_HOLD})
+WAITING = frozenset({Status.PENDING, Status.ON_HOLD})
+# A status change is not an acknowledgement: setting a ticket to pending without a reply
+# must not move the first-reply deadline (it would hide the lapse). Only keep_informed —
+# "tell a waiting customer how it goes" — rests while the team waits on the customer. A
+# policy may opt a target in with `pause_on`.
 DEFAULT_PAUSE_ON: dict[TargetName, frozenset[Status]] = {
     TargetName.AUTO_ACK: frozenset(),
-    TargetName.FIRST_REPLY: _WAITING,
+    TargetName.FIRST_REPLY: frozenset(),
     TargetName.ANSWER: frozenset(),
-    TargetName.NEXT_REPLY: _WAITING,
-    TargetName.KEEP_INFORMED: _WAITING,
+    TargetName.NEXT_REPLY: frozenset(),
+    TargetName.KEEP_INFORMED: WAITING,
 }
 
 

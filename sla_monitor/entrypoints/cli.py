@@ -431,7 +431,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
         f"Policy rule: {result['rule'] or '(none matched: no targets)'}"
         + (f"   Repeat of: {result['repeat_of']}" if result["repeat_of"] else "")
     )
-    print(f"As of {result['as_of']}; source read completely up to {result['source_watermark']}")
+    read = result["source_watermark"]
+    print(
+        f"As of {result['as_of']}; "
+        + (f"source read completely up to {read}" if read else "source never read completely")
+    )
     print("\nTimeline:")
     for e in result["events"]:
         extra = e.get("status") or e.get("priority") or e.get("reason") or ""
@@ -524,6 +528,14 @@ def iso_duration(d: timedelta) -> str:
     return sign + out
 
 
+def _exact_seconds(d: timedelta) -> str:
+    """Seconds with every digit a timedelta has (never exponent notation)."""
+    us = d // timedelta(microseconds=1)
+    sign, us = ("-", -us) if us < 0 else ("", us)
+    whole, frac = divmod(us, 1_000_000)
+    return f"{sign}{whole}" + (f".{frac:06d}".rstrip("0") if frac else "")
+
+
 def cmd_due(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.calendar != "calendar" else None
     clock = _clock(config, args.calendar)
@@ -534,7 +546,7 @@ def cmd_due(args: argparse.Namespace) -> int:
             print(iso(clock.add(args.from_, args.after)))
         else:
             d = clock.between(args.from_, args.to)
-            print(iso_duration(d) if args.format == "iso" else f"{d.total_seconds():g}")
+            print(iso_duration(d) if args.format == "iso" else _exact_seconds(d))
     except CalendarError as exc:
         raise UsageError(str(exc)) from None
     return 0

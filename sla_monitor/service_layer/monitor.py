@@ -41,6 +41,7 @@ from sla_monitor.domain.engine import (
     TargetState,
     evaluate_contact,
     find_repeats,
+    read_until,
 )
 from sla_monitor.domain.events import ContactKey, Event, event_problem
 from sla_monitor.domain.timeutil import from_micros, iso, to_micros
@@ -774,9 +775,7 @@ class Monitor:
 
     def watermark(self, source: str, now: datetime) -> datetime:
         state = self.sources.get(source)
-        if state is None or state.watermark is None:
-            return datetime.min.replace(tzinfo=now.tzinfo)  # never read: nothing is knowable
-        return state.watermark
+        return read_until(state.watermark if state else None, now)
 
     def _evaluate(
         self,

@@ -16,11 +16,13 @@ from typing import Any
 from sla_monitor.adapters.store import NO_PRIORITY, Store, evaluation_rows
 from sla_monitor.config import Config
 from sla_monitor.domain.engine import (
+    NEVER_READ,
     ContactEvaluation,
     ContactSummary,
     Outcome,
     evaluate_contact,
     find_repeats,
+    read_until,
 )
 from sla_monitor.domain.events import ContactKey, Event
 from sla_monitor.domain.timeutil import from_micros, iso, to_micros
@@ -50,8 +52,8 @@ def _evaluate(
     events: list[Event], config: Config, as_of: datetime, watermarks: dict[str, datetime | None]
 ) -> ContactEvaluation:
     """One contact as of `as_of`, judged up to where its source has been read completely."""
-    wm = watermarks.get(events[0].source) or as_of
-    return evaluate_contact(events, config.policy, as_of, min(wm, as_of))
+    wm = read_until(watermarks.get(events[0].source), as_of)
+    return evaluate_contact(events, config.policy, as_of, wm)
 
 
 def _summary(ev: ContactEvaluation) -> ContactSummary:
@@ -276,13 +278,16 @@ def explain(
     store: Store, config: Config, key: ContactKey, as_of: datetime
 ) -> dict[str, Any] | None:
     with store.begin() as conn:
-        events = store.events_for(conn, [key]).get(key)
-        if not events:
+        stored = store.events_for(conn, [key]).get(key)
+        if not stored:
             return None
         state = store.load_sources(conn).get(key[0])
         link = store.repeat_links(conn, [key]).get(key)
-    wm = state.watermark if state and state.watermark else from_micros(0)
-    ev = evaluate_contact(events, config.policy, as_of, min(wm, as_of))
+    events = [e for e in stored if e.occurred_at <= as_of]  # what had happened by then
+    if not events:
+        return None
+    wm = read_until(state.watermark if state else None, as_of)
+    ev = evaluate_contact(events, config.policy, as_of, wm)
     a = ev.attributes
     return {
         "contact": f"{key[0]}:{key[1]}",
@@ -295,7 +300,7 @@ def explain(
         "rule": ev.rule,
         "status": ev.status.value,
         "as_of": iso(as_of),
-        "source_watermark": iso(wm),
+        "source_watermark": iso(wm) if wm != NEVER_READ else None,
         "repeat_of": f"{link[0]}:{link[1]}" if link else None,
         "events": [e.to_dict() for e in sorted(events, key=lambda e: e.sort_key())],
         "targets": [

@@ -1,0 +1,133 @@
+"""One rule everywhere (issue 12): `due` prints exact seconds, `explain --as-of` sees only
+what had happened by then, a source never read is judged alike by every path, and a redial
+after a short abandon is not a repeat contact."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from sla_monitor.adapters.store import Store
+from sla_monitor.config import Config
+from sla_monitor.domain.engine import ContactSummary, find_repeats
+from sla_monitor.entrypoints.cli import main
+from sla_monitor.service_layer.clock import FixedClock
+from sla_monitor.service_layer.monitor import Monitor
+from sla_monitor.service_layer.recompute import explain, replay, report
+
+from .conftest import SHIPPED_CONFIG
+from .helpers import T0, at, ev
+
+CFG = ["--config", str(SHIPPED_CONFIG)]
+
+
+def test_due_in_seconds_keeps_every_digit(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["due", *CFG, "--calendar", "calendar", "--from", "2026-01-01T00:00:00Z"]
+    assert main([*args, "--to", "2026-01-15T06:56:07Z", "--format", "seconds"]) == 0
+    assert capsys.readouterr().out.strip() == "1234567"
+    assert main([*args, "--to", "2026-01-01T00:00:01.25Z", "--format", "seconds"]) == 0
+    assert capsys.readouterr().out.strip() == "1.25"
+
+
+def test_explain_as_of_sees_only_what_had_happened(tmp_path: Path, shipped_config: Config) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    store.migrate()
+    m = Monitor(store, shipped_config, FixedClock(at(hours=2)))
+    m.load()
+    m.ingest(
+        "s",
+        [ev("customer_message", T0, conv="c"), ev("agent_reply", at(minutes=50), conv="c")],
+        watermark=at(hours=2),
+    )
+    early = explain(store, shipped_config, ("s", "c"), at(minutes=30))
+    assert early is not None
+    first = next(t for t in early["targets"] if t["target"] == "first_reply")
+    assert first["state"] == "on_track" and first["outcome"] is None
+    assert [e["kind"] for e in early["events"]] == ["customer_message"]
+    rows = report(store, shipped_config, at(minutes=30), None, None)["targets"]
+    fr = next(r for r in rows if r["target"] == "first_reply")
+    assert fr["open"] == 1 and fr["met"] == 0  # the report agrees
+    store.close()
+
+
+def test_a_source_never_read_is_judged_alike_live_replay_report_explain(
+    tmp_path: Path, shipped_config: Config
+) -> None:
+    """No watermark: nothing is knowable yet, on every path (no breach is declared)."""
+    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    store.migrate()
+    now = at(hours=3)
+    m = Monitor(store, shipped_config, FixedClock(now))
+    m.load()
+    m.ingest("s", [ev("customer_message", T0, conv="c")])  # no watermark given
+    live = {k[3]: n for k, n in m.snapshot()["open_counts"].items() if n and k[2] == "first_reply"}
+    explained = explain(store, shipped_config, ("s", "c"), now)
+    assert explained is not None
+    ex = next(t for t in explained["targets"] if t["target"] == "first_reply")
+    replay(store, shipped_config, now)
+    with store.begin() as conn:
+        replayed = {r.target: r.state for r in store.targets_for(conn, [("s", "c")])[("s", "c")]}
+    rep = next(
+        r
+        for r in report(store, shipped_config, now, None, None)["targets"]
+        if r["target"] == "first_reply"
+    )
+    assert live == {"at_risk": 1}
+    assert ex["state"] == "at_risk" and ex["outcome"] is None
+    assert replayed["first_reply"] == "at_risk"
+    assert rep["breached"] == 0 and rep["open"] == 1
+    store.close()
+
+
+def test_a_redial_after_a_short_abandon_is_not_a_repeat(
+    tmp_path: Path, shipped_config: Config
+) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    store.migrate()
+    m = Monitor(store, shipped_config, FixedClock(at(minutes=5)))
+    m.load()
+    caller = "+441632960001"
+    m.ingest(
+        "pbx",
+        [
+            ev("call_queued", T0, conv="a", channel="phone", customer=caller, source="pbx"),
+            ev(
+                "call_abandoned",
+                at(seconds=3),
+                conv="a",
+                channel="phone",
+                customer=caller,
+                source="pbx",
+            ),
+            ev(
+                "call_queued",
+                at(seconds=31),
+                conv="b",
+                channel="phone",
+                customer=caller,
+                source="pbx",
+            ),
+            ev(
+                "call_answered",
+                at(seconds=40),
+                conv="b",
+                channel="phone",
+                customer=caller,
+                source="pbx",
+            ),
+        ],
+        watermark=at(minutes=5),
+    )
+    assert not any(m.snapshot()["repeats"].values())
+    # a real abandon (after the short-abandon threshold) still makes the redial a repeat
+    links = find_repeats(
+        [
+            ContactSummary(("pbx", "x"), caller, T0, None),
+            ContactSummary(("pbx", "y"), caller, at(seconds=40), None),
+        ],
+        timedelta(days=7),
+    )
+    assert links == {("pbx", "y"): ("pbx", "x")}
+    store.close()
