@@ -131,3 +131,69 @@ def test_a_redial_after_a_short_abandon_is_not_a_repeat(
     )
     assert links == {("pbx", "y"): ("pbx", "x")}
     store.close()
+
+
+# -- decided outcomes are final ------------------------------------------------------------
+
+
+def _urgent_config(tmp_path: Path) -> Config:
+    from sla_monitor.config import load_config
+
+    text = (
+        SHIPPED_CONFIG.read_text()
+        .replace(
+            "    - name: email\n",
+            "    - name: urgent-email\n      match: {channel: email, priority: urgent}\n"
+            "      targets:\n        first_reply: {within: 15s}\n    - name: email\n",
+        )
+        .replace("first_reply: {within: 1h, warn_before: 15m}", "first_reply: {within: 20s}")
+    )
+    path = tmp_path / "urgent.yaml"
+    path.write_text(text)
+    return load_config(path)
+
+
+def test_a_breach_stands_when_the_priority_changes_and_a_reply_follows(tmp_path: Path) -> None:
+    """Issue 12, defect 1: urgent 15 s lapses at 15 s; demoting to normal (20 s) and
+    replying at 17 s must not turn it into a met target, nor move a counter down."""
+    config = _urgent_config(tmp_path)
+    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    store.migrate()
+    clock = FixedClock(at(seconds=16))
+    m = Monitor(store, config, clock)
+    m.load()
+    m.ingest("s", [ev("customer_message", T0, conv="c", priority="urgent")], watermark=clock.at)
+    key = ("email", "billing", "urgent", "first_reply", "breached")
+    assert m.snapshot()["outcomes"][key] == 1
+    clock.at = at(seconds=18)
+    m.ingest(
+        "s",
+        [
+            ev("priority_changed", at(seconds=16.5), conv="c", priority="normal"),
+            ev("agent_reply", at(seconds=17), conv="c"),
+        ],
+        watermark=clock.at,
+    )
+    outcomes = {k: n for k, n in m.snapshot()["outcomes"].items() if n and k[3] == "first_reply"}
+    assert outcomes == {key: 1}  # still breached, counted once, never met
+    explained = explain(store, config, ("s", "c"), clock.at)
+    assert explained is not None
+    fr = next(t for t in explained["targets"] if t["target"] == "first_reply")
+    assert fr["outcome"] == "breached" and fr["response_seconds"] == 17
+    replay(store, config, clock.at)  # replay applies the same rule
+    rows = report(store, config, clock.at, None, None)["targets"]
+    assert next(r for r in rows if r["target"] == "first_reply")["breached"] == 1
+    store.close()
+
+
+def test_an_open_clock_moves_to_the_new_rule_from_its_start(tmp_path: Path) -> None:
+    config = _urgent_config(tmp_path)
+    from sla_monitor.domain.engine import evaluate_contact
+
+    events = [
+        ev("customer_message", T0, conv="c"),
+        ev("priority_changed", at(seconds=5), conv="c", priority="urgent"),
+    ]
+    result = evaluate_contact(events, config.policy, at(seconds=10), at(seconds=10))
+    fr = next(t for t in result.targets if t.target.value == "first_reply")
+    assert fr.deadline == at(seconds=15) and fr.outcome is None  # 15 s from the start

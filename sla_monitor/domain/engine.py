@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
@@ -126,11 +126,54 @@ def contact_attributes(events: Sequence[Event]) -> ContactAttributes:
     return ContactAttributes(first.channel, queue, priority, tier, frozenset(tags), customer)
 
 
-def _walk(events: Sequence[Event], specs: dict[TargetName, TargetSpec]) -> _Walk:
+@dataclass(frozen=True)
+class _Segment:
+    """From `start`, until the next segment, `rule` is the one the contact matches."""
+
+    start: datetime
+    rule: Rule | None
+
+    def spec(self, name: TargetName) -> TargetSpec | None:
+        if self.rule is None:
+            return None
+        return next((t for t in self.rule.targets if t.name is name), None)
+
+
+def _rule_timeline(events: Sequence[Event], policy: Policy) -> list[_Segment]:
+    """The rule in force over time: attributes as known after each event (channel from the
+    first; queue, priority, tier as last named; tags merged), matched again on change."""
+    first = events[0]
+    queue, priority, tier, customer = first.queue, None, None, None
+    tags: frozenset[str] = frozenset()
+    out: list[_Segment] = []
+    for e in events:
+        queue = e.queue or queue
+        priority = e.priority or priority
+        tier = e.tier or tier
+        customer = customer or e.customer_id
+        tags = tags | e.tags if e.tags else tags
+        rule = policy.rule_for(
+            ContactAttributes(first.channel, queue, priority, tier, tags, customer)
+        )
+        if not out or rule is not out[-1].rule:
+            out.append(_Segment(e.occurred_at, rule))
+    return out
+
+
+def _in_force(timeline: Sequence[_Segment], at: datetime) -> _Segment:
+    found = timeline[0]
+    for seg in timeline:
+        if seg.start > at:
+            break
+        found = seg
+    return found
+
+
+def _walk(events: Sequence[Event], timeline: Sequence[_Segment]) -> _Walk:
     w = _Walk()
 
     def start(name: TargetName, at: datetime) -> None:
-        spec = specs.get(name)
+        spec = _in_force(timeline, at).spec(name)
         if spec is None or name in w.running:
             return
         seq = w.seqs.get(name, 0)
@@ -347,6 +390,47 @@ def _judge(
     )
 
 
+def _judge_over(
+    c: _Clock,
+    w: _Walk,
+    policy: Policy,
+    as_of: datetime,
+    watermark: datetime,
+    timeline: Sequence[_Segment],
+) -> TargetResult:
+    """Judge a clock under the rules in force while it ran. Decided outcomes are final: a
+    lapse decided under one rule stands when the contact later matches another (a priority
+    or queue change); an open clock moves to the new rule, measured from its start."""
+    later = [seg for seg in timeline if seg.start > c.start]
+    spec = c.spec
+    seg_start = c.start
+    for seg in later:
+        if c.end is not None and c.end < seg.start:
+            break  # it ended under the current rule
+        knowable = min(as_of, watermark)
+        pauses = _pauses(w.status_changes, spec.pauses, c.start, c.end)
+        deadline, _ = due(spec.clock, c.start, spec.within, pauses)
+        if deadline is not None and deadline < seg.start:
+            decided = max(deadline, seg_start)
+            if decided <= knowable:  # lapsed under this rule, before the change: it stands
+                result = _judge(replace(c, spec=spec), w, policy, as_of, watermark)
+                if result.decided_at is not None and result.decided_at < decided:
+                    result = replace(result, decided_at=decided)
+                return result
+            break  # not knowable yet: judged under this rule until it is
+        nxt = seg.spec(spec.name)
+        if nxt is None:  # the rule now in force makes no such promise: the clock ends
+            return _judge(
+                replace(c, spec=spec, end=seg.start, end_kind="stopped"),
+                w,
+                policy,
+                as_of,
+                watermark,
+            )
+        spec, seg_start = nxt, seg.start
+    return _judge(replace(c, spec=spec), w, policy, as_of, watermark)
+
+
 def evaluate_contact(
     events: Iterable[Event], policy: Policy, as_of: datetime, watermark: datetime
 ) -> ContactEvaluation:
@@ -359,14 +443,14 @@ def evaluate_contact(
         raise ValueError("events of several contacts passed to evaluate_contact")
     attrs = contact_attributes(evs)
     rule = policy.rule_for(attrs)
-    specs = {t.name: t for t in rule.targets} if rule else {}
     stored = len(evs)
     closes = _idle_closes(evs, rule, as_of, watermark)
     last = evs[-1]
     if closes:  # idle for `close_after`: closed then (in event order, so the walk sees it)
         evs = normalize([*evs, *(_closed(last, at, i) for i, at in enumerate(closes))])
-    walk = _walk(evs, specs)
-    results = tuple(_judge(c, walk, policy, as_of, watermark) for c in walk.clocks)
+    timeline = _rule_timeline(evs, policy)
+    walk = _walk(evs, timeline)
+    results = tuple(_judge_over(c, walk, policy, as_of, watermark, timeline) for c in walk.clocks)
     opened = next((e.occurred_at for e in evs if e.kind in CUSTOMER_STARTS), None)
     first_response = None
     if opened is not None:
