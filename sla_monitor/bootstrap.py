@@ -19,7 +19,7 @@ from sla_monitor.adapters.store import ClusterStore, LeaseLost, Store
 from sla_monitor.config import Config, SourceConfig, load_config, parse_listen
 from sla_monitor.domain.timeutil import to_micros
 from sla_monitor.entrypoints.http import serve
-from sla_monitor.publishing.alertmanager import AlertmanagerPublisher
+from sla_monitor.publishing.alertmanager import AlertmanagerPublisher, DeliveryCollector
 from sla_monitor.publishing.metrics import MonitorCollector
 from sla_monitor.service_layer.clock import AcceleratedClock, Clock, SystemClock
 from sla_monitor.service_layer.monitor import Monitor, store_unreachable
@@ -321,6 +321,7 @@ class App:
             if self.alerts is not None:
                 self._start_alerts()
         self.registry.register(MonitorCollector(self.monitor))
+        self.registry.register(DeliveryCollector(lambda: self.alerts))
         self.registry.register(ProcessCollector(registry=None))
         host, port = parse_listen(self.listen)
         self.http = serve(host, port, self.registry, self.healthy, self.readiness)

@@ -271,3 +271,26 @@ def test_a_page_goes_out_only_once_its_contact_is_stored(
             assert ("pbx", "call-9") in app.store.contacts_for(conn, [("pbx", "call-9")])
     finally:
         app.stop()
+
+
+def test_delivery_to_alertmanager_is_measured(alertmanager: Alertmanager) -> None:
+    """sla_alert_delivery_seconds: hand-over to Alertmanager's acceptance, once per page."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from sla_monitor.publishing.alertmanager import DeliveryCollector
+
+    pub = AlertmanagerPublisher([alertmanager.url], SystemClock(), {}, resend_interval=1)
+    registry = CollectorRegistry()
+    registry.register(DeliveryCollector(lambda: pub))
+    pub.start()
+    try:
+        now = datetime.now(UTC)
+        publish_contact(pub, breached_email(now), now)
+        wait_for(lambda: len(lapsed(alertmanager)) == 1)
+        wait_for(lambda: pub.delivery.count == 1)
+        time.sleep(2.5)  # re-sent while active: still one delivery
+        text = generate_latest(registry).decode()
+    finally:
+        pub.stop()
+    assert "sla_alert_delivery_seconds_count 1.0" in text
+    assert 0 < pub.delivery.total < 10

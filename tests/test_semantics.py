@@ -4,7 +4,7 @@ after a short abandon is not a repeat contact."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -197,3 +197,64 @@ def test_an_open_clock_moves_to_the_new_rule_from_its_start(tmp_path: Path) -> N
     result = evaluate_contact(events, config.policy, at(seconds=10), at(seconds=10))
     fr = next(t for t in result.targets if t.target.value == "first_reply")
     assert fr.deadline == at(seconds=15) and fr.outcome is None  # 15 s from the start
+
+
+# -- the detection delay is measured, not assumed ---------------------------------------------
+
+
+def test_detection_delay_is_measured_on_the_wall_clock(
+    tmp_path: Path, shipped_config: Config
+) -> None:
+    import time
+
+    from sla_monitor.service_layer.clock import SystemClock
+
+    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    store.migrate()
+    m = Monitor(store, shipped_config, SystemClock())
+    m.load()
+    now = datetime.now(UTC)
+    queued = now - timedelta(seconds=19.7)  # the 20 s answer deadline is 0.3 s away
+    deadline = queued + timedelta(seconds=20)
+    call = ev("call_queued", queued, conv="c", channel="phone", source="pbx")
+    m.ingest("pbx", [call], watermark=now + timedelta(seconds=30))  # read ahead of the deadline
+    while datetime.now(UTC) < deadline + timedelta(milliseconds=200):
+        time.sleep(0.05)  # let the deadline pass: the wake below is that late
+    before = time.time()
+    m.wake()
+    after = time.time()
+    h = m.live.detection_delay
+    assert h.count == 1
+    late_at_least = before - deadline.timestamp()
+    late_at_most = after - deadline.timestamp()
+    assert late_at_least <= h.total <= late_at_most  # what was measured, not 0.0
+    store.close()
+
+
+def test_a_breach_made_knowable_by_a_poll_is_timed_from_its_arrival(
+    tmp_path: Path, shipped_config: Config
+) -> None:
+    """Issue 12, defect 5: the demo's delays summed to exactly 0.0 (both stamps were the same
+    `now`). From the arrival of the watermark to the commit takes real time."""
+    import time
+
+    from sla_monitor.service_layer.clock import SystemClock
+    from sla_monitor.sources.abc import PollResult
+
+    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    store.migrate()
+    m = Monitor(store, shipped_config, SystemClock())
+    m.load()
+    now = datetime.now(UTC)
+    call = ev("call_queued", now - timedelta(seconds=30), conv="c", channel="phone", source="pbx")
+    m.apply_poll(
+        "pbx", "jsonl", PollResult([call], cursor="1", watermark=now - timedelta(seconds=25)), 0
+    )
+    assert m.live.detection_delay.count == 0  # due 10 s ago, but not read that far yet
+    before = time.time()
+    m.apply_poll("pbx", "jsonl", PollResult([], cursor="2", watermark=datetime.now(UTC)), 0)
+    after = time.time()
+    h = m.live.detection_delay
+    assert h.count == 1
+    assert 0.0 < h.total <= after - before
+    store.close()

@@ -15,21 +15,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from sla_monitor import __version__
 from sla_monitor.domain.engine import ContactEvaluation, TargetResult, TargetState
 from sla_monitor.domain.timeutil import format_duration, from_micros, iso
 from sla_monitor.service_layer.clock import Clock
+from sla_monitor.service_layer.live import Histogram
 
 log = logging.getLogger(__name__)
 
 LAPSED, AT_RISK = "AcknowledgementLapsed", "AcknowledgementAtRisk"
+DELIVERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 AlertKey = tuple[str, str, str, int, str]  # source, conversation, target, seq, alertname
 
 
@@ -110,6 +115,10 @@ class AlertmanagerPublisher:
             headers={"User-Agent": f"sla-monitor/{__version__}"},
         )
         self.active: dict[AlertKey, AlertFacts] = {}
+        # sla_alert_delivery_seconds: from hand-over (after the commit) to the first
+        # Alertmanager's acceptance, per page
+        self.delivery = Histogram(DELIVERY_BUCKETS)
+        self._handed: dict[AlertKey, float] = {}
         self.resolved: dict[str, dict[AlertKey, dict[str, Any]]] = {u: {} for u in self.urls}
         self.delivered_ok: dict[str, bool] = dict.fromkeys(self.urls, True)
         self._cond = threading.Condition()
@@ -136,6 +145,8 @@ class AlertmanagerPublisher:
             for name in (LAPSED, AT_RISK):
                 key = (f.source, f.conversation_id, f.target, f.seq, name)
                 if name == want:
+                    if name == LAPSED and key not in self.active:
+                        self._handed[key] = time.monotonic()
                     self.active[key] = f
                 elif key in self.active:
                     old = self.active.pop(key)
@@ -146,9 +157,12 @@ class AlertmanagerPublisher:
             self._cond.notify()
 
     def load(self, rows: Iterable[Any]) -> None:
-        """After a restart: what is still breached or at risk is active again."""
+        """After a restart: what is still breached or at risk is active again (re-sent, not
+        a new delivery to measure)."""
         for r in rows:
             self.apply(_facts_of_row(r), True)
+        with self._cond:
+            self._handed.clear()
 
     def reconcile(self, rows: Iterable[Any]) -> None:
         """Make the active set exactly what the store says is breached or at risk (after
@@ -239,6 +253,7 @@ class AlertmanagerPublisher:
         """Post the active set and pending resolutions to every Alertmanager; True if all
         accepted them."""
         with self.commit_lock or contextlib.nullcontext(), self._cond:
+            handed = dict(self._handed)
             active = [self._payload(k, f) for k, f in self.active.items()]
             resolved = {u: dict(v) for u, v in self.resolved.items()}
             self._dirty = False
@@ -266,9 +281,13 @@ class AlertmanagerPublisher:
                     )
             if ok:
                 self.sent_batches += 1
+                accepted = time.monotonic()
                 with self._cond:
                     for key in resolved[url]:
                         self.resolved[url].pop(key, None)
+                    for key, at in handed.items():  # first acceptance of each page
+                        if self._handed.pop(key, None) is not None:
+                            self.delivery.add(max(accepted - at, 0.0))
                 if not self.delivered_ok[url]:
                     log.info(
                         "alertmanager %s reachable again; %d alerts delivered", url, len(batch)
@@ -293,6 +312,10 @@ class AlertmanagerPublisher:
                     self._cond.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
 
+    def delivery_snapshot(self) -> tuple[list[tuple[str, float]], float]:
+        with self._cond:
+            return self.delivery.cumulative(), self.delivery.total
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="alertmanager", daemon=True)
         self._thread.start()
@@ -304,3 +327,23 @@ class AlertmanagerPublisher:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.client.close()
+
+
+class DeliveryCollector(Collector):
+    """`sla_alert_delivery_seconds`, from whichever publisher is current (it changes with
+    leadership in cluster mode)."""
+
+    def __init__(self, current: Callable[[], AlertmanagerPublisher | None]) -> None:
+        self.current = current
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
+            "sla_alert_delivery_seconds",
+            "From a page's hand-over (after the commit that decided it) to its acceptance by "
+            "the first Alertmanager.",
+        )
+        publisher = self.current()
+        if publisher is not None:
+            buckets, total = publisher.delivery_snapshot()
+            family.add_metric([], buckets, total)
+        yield family

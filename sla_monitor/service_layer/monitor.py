@@ -149,6 +149,7 @@ class Monitor:
         self._wake_at: dict[ContactKey, int] = {}
         self._awaiting: dict[str, list[tuple[int, ContactKey]]] = {}
         self.started_at = clock.now()
+        self.started_wall = time.time()
         self.ready = False
         self.on_wake_change: Callable[[datetime | None], None] | None = None
         # cluster mode (docs/scaling.md): polls only store events and mark their contacts;
@@ -499,6 +500,7 @@ class Monitor:
         skipped: Counter[str] | None = None,
     ) -> IngestSummary:
         live = self.live
+        arrived = time.time()
         now_us = to_micros(now)
         health = live.sources.setdefault(source, SourceHealth(source, state.kind))
         advanced = state.watermark is not None and (
@@ -511,7 +513,7 @@ class Monitor:
             self.sources[source] = state
             self._undo(lambda: self._restore_source(source, previous))
             if advanced:  # breaches this poll makes knowable are knowable from now
-                self._defer(_watermark_advanced, health, state.watermark, now)
+                self._defer(_watermark_advanced, health, state.watermark, now, arrived)
             self._save_unsaved_polls(conn)
             events, archived = self._set_aside_archived(conn, events)
             new = self.store.add_events(conn, events, now_us)
@@ -671,7 +673,7 @@ class Monitor:
                         continue
                     if mine is None or mine.watermark is None or stored.watermark > mine.watermark:
                         health = self.live.sources.setdefault(name, SourceHealth(name, stored.kind))
-                        self._defer(_watermark_advanced, health, stored.watermark, now)
+                        self._defer(_watermark_advanced, health, stored.watermark, now, time.time())
                         self.sources[name] = (
                             stored if mine is None else replace(mine, watermark=stored.watermark)
                         )
@@ -919,18 +921,20 @@ class Monitor:
             and before is not None
             and before.outcome is None
         ):
+            # on the real wall clock: from the moment the breach became knowable (its
+            # deadline, or the arrival of the watermark that made it judgeable, whichever
+            # is later) to now, just after the commit that hands it to the publishers
             health = self.live.sources.get(ev.key[0])
-            knowable = t.decided_at
+            knowable = self.clock.to_real(t.decided_at).timestamp()
             if (
                 health
-                and health.watermark_advanced_at
+                and health.watermark_arrived_wall is not None
                 and health.previous_watermark is not None
                 and health.previous_watermark < t.decided_at
             ):
-                knowable = max(knowable, health.watermark_advanced_at)
-            if knowable >= self.started_at:
-                delay = (now - knowable).total_seconds() / self.clock.speed
-                self.live.detection_delay.add(max(delay, 0.0))
+                knowable = max(knowable, health.watermark_arrived_wall)
+            if knowable >= self.started_wall:  # not history read at start-up
+                self.live.detection_delay.add(max(time.time() - knowable, 0.0))
         if (
             t.outcome is not None
             and before is not None
@@ -1038,9 +1042,12 @@ def _count(counter: Counter[Any], key: Any, n: int) -> None:
     counter[key] += n
 
 
-def _watermark_advanced(health: SourceHealth, watermark: datetime | None, now: datetime) -> None:
+def _watermark_advanced(
+    health: SourceHealth, watermark: datetime | None, now: datetime, arrived: float
+) -> None:
     health.previous_watermark = health.watermark
     health.watermark_advanced_at = now
+    health.watermark_arrived_wall = arrived  # wall time the poll carrying it was handed over
     health.watermark = watermark
 
 
