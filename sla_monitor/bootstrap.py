@@ -296,6 +296,7 @@ class App:
             {s.name: s.contact_url for s in self.config.settings.sources},
             alerting.resend_interval.total_seconds(),
             alerting.timeout.total_seconds(),
+            severities=self.config.policy.severities,
         )
 
     def _start_alerts(self) -> None:
@@ -410,6 +411,7 @@ def build_app(
             {s.name: s.contact_url for s in config.settings.sources},
             alerting.resend_interval.total_seconds(),
             alerting.timeout.total_seconds(),
+            severities=config.policy.severities,
         )
     cluster_cfg = config.settings.cluster
     cluster = ClusterStore(store) if cluster_cfg.enabled else None

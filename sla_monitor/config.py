@@ -181,6 +181,8 @@ class TargetConfig(_Model):
     warn_before: timedelta | float | None = None
     pause_on: list[Status] | None = None
     fulfilled_by: list[EventKind] | None = None
+    severity: Literal["page", "ticket", "none"] | None = None  # how a lapse is raised
+    at_risk: Literal["warning", "ticket", "none"] | None = None  # how its warning is raised
 
     @field_validator("within", mode="before")
     @classmethod
@@ -476,6 +478,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
                     warn_td,
                     frozenset(tc.pause_on) if tc.pause_on is not None else None,
                     frozenset(tc.fulfilled_by) if tc.fulfilled_by is not None else None,
+                    tc.severity,
+                    tc.at_risk,
                 )
             )
         m = rc.match

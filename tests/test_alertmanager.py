@@ -294,3 +294,40 @@ def test_delivery_to_alertmanager_is_measured(alertmanager: Alertmanager) -> Non
         pub.stop()
     assert "sla_alert_delivery_seconds_count 1.0" in text
     assert 0 < pub.delivery.total < 10
+
+
+def test_severity_per_target_decides_what_pages() -> None:
+    """A lapsed auto_ack (a machine's failure) pages nobody by default; first_reply pages;
+    keep_informed makes a ticket; a policy may say `severity: none`."""
+    from sla_monitor.domain.policy import TargetName, TargetSpec
+
+    pub = AlertmanagerPublisher(["http://127.0.0.1:9"], SystemClock(), {}, resend_interval=30)
+    now = datetime.now(UTC)
+    email = (
+        TargetSpec(TargetName.AUTO_ACK, timedelta(minutes=2)),
+        TargetSpec(TargetName.FIRST_REPLY, timedelta(hours=1)),
+        TargetSpec(TargetName.KEEP_INFORMED, timedelta(minutes=30)),
+    )
+    t0 = now - timedelta(hours=3)
+    events = [
+        ev("customer_message", t0, conv="X", source="desk"),
+        ev("agent_reply", t0 + timedelta(hours=2), conv="X", source="desk"),
+        ev("customer_message", t0 + timedelta(minutes=1), conv="Y", source="desk"),
+    ]
+    for conv in ("X", "Y"):
+        result = evaluate_contact(
+            [e for e in events if e.conversation_id == conv], policy(email=email), now, now
+        )
+        for t in result.targets:
+            pub.target_changed(result, t, None)
+    pages = {(k[1], k[2]): pub._payload(k, f)["labels"]["severity"] for k, f in pub.active.items()}
+    assert pages == {("Y", "first_reply"): "page", ("X", "keep_informed"): "ticket"}
+    quiet = (TargetSpec(TargetName.FIRST_REPLY, timedelta(hours=1), severity="none"),)
+    pub.active.clear()
+    result = evaluate_contact(
+        [e for e in events if e.conversation_id == "Y"], policy(email=quiet), now, now
+    )
+    for t in result.targets:
+        pub.target_changed(result, t, None)
+    assert pub.active == {}
+    pub.client.close()

@@ -783,6 +783,7 @@ class Store:
                 TARGETS.c.started_us,
                 TARGETS.c.deadline_us,
                 CONTACTS.c.customer_id,
+                CONTACTS.c.rule,
             )
             .join(
                 CONTACTS,

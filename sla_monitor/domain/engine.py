@@ -76,6 +76,8 @@ class TargetResult:
     remaining: timedelta | None  # clock time left (for a paused or running clock)
     clock: str
     within: timedelta
+    lapse_severity: str = "page"  # how a lapse is raised: page | ticket | none
+    risk_severity: str = "warning"  # how its warning point is raised: warning | ticket | none
 
 
 @dataclass(frozen=True)
@@ -359,6 +361,8 @@ def _judge(
             None,
             spec.clock.name,
             spec.within,
+            spec.lapse_severity,
+            spec.risk_severity,
         )
     if deadline is None:
         state = TargetState.PAUSED
@@ -387,6 +391,8 @@ def _judge(
         remaining,
         spec.clock.name,
         spec.within,
+        spec.lapse_severity,
+        spec.risk_severity,
     )
 
 

@@ -40,6 +40,25 @@ DEFAULT_PAUSE_ON: dict[TargetName, frozenset[Status]] = {
 }
 
 
+# How a lapse is raised, per target: a person must act now (page), later (ticket), or the
+# lapse is only counted (none). A lapsed auto_ack is a machine's failure: no page per
+# contact, a Prometheus rule on the auto-ack breach rate catches a broken autoresponder.
+DEFAULT_SEVERITY: dict[TargetName, str] = {
+    TargetName.AUTO_ACK: "none",
+    TargetName.FIRST_REPLY: "page",
+    TargetName.ANSWER: "page",
+    TargetName.NEXT_REPLY: "page",
+    TargetName.KEEP_INFORMED: "ticket",
+}
+DEFAULT_AT_RISK: dict[TargetName, str] = {
+    TargetName.AUTO_ACK: "none",
+    TargetName.FIRST_REPLY: "warning",
+    TargetName.ANSWER: "warning",
+    TargetName.NEXT_REPLY: "warning",
+    TargetName.KEEP_INFORMED: "none",
+}
+
+
 @dataclass(frozen=True)
 class TargetSpec:
     name: TargetName
@@ -48,6 +67,16 @@ class TargetSpec:
     warn_before: timedelta | None = None
     pause_on: frozenset[Status] | None = None
     fulfilled_by: frozenset[EventKind] | None = None
+    severity: str | None = None  # page | ticket | none (default per target)
+    at_risk: str | None = None  # warning | ticket | none (default per target)
+
+    @property
+    def lapse_severity(self) -> str:
+        return self.severity or DEFAULT_SEVERITY[self.name]
+
+    @property
+    def risk_severity(self) -> str:
+        return self.at_risk or DEFAULT_AT_RISK[self.name]
 
     @property
     def pauses(self) -> frozenset[Status]:
@@ -119,6 +148,17 @@ class Policy:
             and (queue is None or r.match.queues is None or queue in r.match.queues)
             for r in self.rules
         )
+
+    def severities(self, rule: str | None, target: str) -> tuple[str, str]:
+        """(lapse, at-risk) severities of a target under the named rule (defaults when the
+        rule is gone from the config)."""
+        name = TargetName(target)
+        for r in self.rules:
+            if r.name == rule:
+                for t in r.targets:
+                    if t.name is name:
+                        return t.lapse_severity, t.risk_severity
+        return DEFAULT_SEVERITY[name], DEFAULT_AT_RISK[name]
 
     def targets_for_channel(self, channel: Channel) -> list[TargetName]:
         """Targets any rule could give a contact on this channel (for zero-valued series)."""

@@ -52,6 +52,8 @@ class AlertFacts:
     deadline: datetime | None
     within: timedelta
     state: str
+    lapse_severity: str = "page"  # page | ticket | none
+    risk_severity: str = "warning"  # warning | ticket | none
 
 
 def facts_from(ev: ContactEvaluation, t: TargetResult) -> AlertFacts:
@@ -69,11 +71,14 @@ def facts_from(ev: ContactEvaluation, t: TargetResult) -> AlertFacts:
         t.deadline,
         t.within,
         t.state.value,
+        t.lapse_severity,
+        t.risk_severity,
     )
 
 
-def _facts_of_row(r: Any) -> AlertFacts:
+def _facts_of_row(r: Any, severities: Callable[[str | None, str], tuple[str, str]]) -> AlertFacts:
     """A stored breached or at-risk target (Store.alerting_targets)."""
+    lapse, risk = severities(r.rule, r.target)
     return AlertFacts(
         r.source,
         r.conversation_id,
@@ -87,7 +92,16 @@ def _facts_of_row(r: Any) -> AlertFacts:
         from_micros(r.deadline_us) if r.deadline_us is not None else None,
         timedelta(0),
         r.state,
+        lapse,
+        risk,
     )
+
+
+def _default_severities(rule: str | None, target: str) -> tuple[str, str]:
+    from sla_monitor.domain.policy import DEFAULT_AT_RISK, DEFAULT_SEVERITY, TargetName
+
+    name = TargetName(target)
+    return DEFAULT_SEVERITY[name], DEFAULT_AT_RISK[name]
 
 
 def _human(d: timedelta) -> str:
@@ -104,11 +118,14 @@ class AlertmanagerPublisher:
         resend_interval: float = 60.0,
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        severities: Callable[[str | None, str], tuple[str, str]] | None = None,
     ) -> None:
         self.urls = [u.rstrip("/") for u in urls]
         self.clock = clock
         self.contact_urls = contact_urls
         self.resend_interval = resend_interval
+        # (rule, target) -> (lapse, at-risk) severity, for targets re-read from the store
+        self.severities = severities or _default_severities
         self.client = httpx.Client(
             timeout=timeout,
             transport=transport,
@@ -137,9 +154,9 @@ class AlertmanagerPublisher:
 
     def apply(self, f: AlertFacts, is_open: bool) -> None:
         want = None
-        if is_open and f.state == TargetState.BREACHED.value:
+        if is_open and f.state == TargetState.BREACHED.value and f.lapse_severity != "none":
             want = LAPSED
-        elif is_open and f.state == TargetState.AT_RISK.value:
+        elif is_open and f.state == TargetState.AT_RISK.value and f.risk_severity != "none":
             want = AT_RISK
         with self._cond:
             for name in (LAPSED, AT_RISK):
@@ -160,7 +177,7 @@ class AlertmanagerPublisher:
         """After a restart: what is still breached or at risk is active again (re-sent, not
         a new delivery to measure)."""
         for r in rows:
-            self.apply(_facts_of_row(r), True)
+            self.apply(_facts_of_row(r, self.severities), True)
         with self._cond:
             self._handed.clear()
 
@@ -169,9 +186,13 @@ class AlertmanagerPublisher:
         the monitor re-read its memory): what is no longer there is resolved."""
         wanted: dict[AlertKey, AlertFacts] = {}
         for r in rows:
-            f = _facts_of_row(r)
-            name = LAPSED if f.state == TargetState.BREACHED.value else AT_RISK
-            wanted[(f.source, f.conversation_id, f.target, f.seq, name)] = f
+            f = _facts_of_row(r, self.severities)
+            lapsed = f.state == TargetState.BREACHED.value
+            if (f.lapse_severity if lapsed else f.risk_severity) == "none":
+                continue
+            wanted[
+                (f.source, f.conversation_id, f.target, f.seq, LAPSED if lapsed else AT_RISK)
+            ] = f
         with self._cond:
             for key in [k for k in self.active if k not in wanted]:
                 payload = self._payload(key, self.active.pop(key), resolved=True)
@@ -195,7 +216,7 @@ class AlertmanagerPublisher:
         contact = f"{f.source}:{f.conversation_id}"
         labels = {
             "alertname": name,
-            "severity": "page" if name == LAPSED else "warning",
+            "severity": f.lapse_severity if name == LAPSED else f.risk_severity,
             "channel": f.channel,
             "queue": f.queue,
             "target": f.target,
