@@ -349,7 +349,11 @@ class TestWatermark:
         fr = {t.target: t for t in lagging.targets}[TargetName.FIRST_REPLY]
         assert fr.outcome is None and fr.state is TargetState.AT_RISK
         assert lagging.awaiting_watermark == at(hours=1)
-        caught_up = evaluate_contact(events, policy(), at(hours=2), at(hours=1))
+        # read up to the deadline itself: a reply stamped at that instant may still come
+        up_to = evaluate_contact(events, policy(), at(hours=2), at(hours=1))
+        assert {t.target: t for t in up_to.targets}[TargetName.FIRST_REPLY].outcome is None
+        past = at(hours=1) + timedelta(microseconds=1)
+        caught_up = evaluate_contact(events, policy(), at(hours=2), past)
         assert {t.target: t for t in caught_up.targets}[
             TargetName.FIRST_REPLY
         ].outcome is Outcome.BREACHED
@@ -359,7 +363,7 @@ class TestWatermark:
         r = evaluate_contact(events, policy(), at(minutes=1), at(minutes=1))
         assert r.next_wake == at(minutes=45)
         r = evaluate_contact(events, policy(), at(minutes=46), at(minutes=46))
-        assert r.next_wake == at(hours=1)
+        assert r.next_wake == at(hours=1) + timedelta(microseconds=1)  # first instant past
 
 
 class TestRepeats:

@@ -49,6 +49,7 @@ class Outcome(StrEnum):
 # is knowable yet (no breach is declared). Every path — live, replay, report, explain —
 # judges with `read_until`.
 NEVER_READ = datetime.min.replace(tzinfo=UTC)
+_TICK = timedelta(microseconds=1)  # the store's resolution
 
 
 def read_until(watermark: datetime | None, as_of: datetime) -> datetime:
@@ -366,7 +367,7 @@ def _judge(
         )
     if deadline is None:
         state = TargetState.PAUSED
-    elif deadline <= knowable:
+    elif deadline < knowable:  # the source has been read past the deadline (not up to it)
         state, outcome, decided = TargetState.BREACHED, Outcome.BREACHED, deadline
     elif deadline <= as_of or (warn_at is not None and warn_at <= as_of):
         state = TargetState.AT_RISK  # past the warning point, or due and awaiting the source
@@ -418,7 +419,7 @@ def _judge_over(
         deadline, _ = due(spec.clock, c.start, spec.within, pauses)
         if deadline is not None and deadline < seg.start:
             decided = max(deadline, seg_start)
-            if decided <= knowable:  # lapsed under this rule, before the change: it stands
+            if decided < knowable:  # lapsed under this rule, before the change: it stands
                 result = _judge(replace(c, spec=spec), w, policy, as_of, watermark)
                 if result.decided_at is not None and result.decided_at < decided:
                     result = replace(result, decided_at=decided)
@@ -482,7 +483,9 @@ def evaluate_contact(
     for r in results:
         if not r.is_open or r.outcome is not None:
             continue
-        for point in (r.warn_at, r.deadline):
+        # a breach is knowable the first instant past its deadline
+        lapse = r.deadline + _TICK if r.deadline is not None else None
+        for point in (r.warn_at, lapse):
             if point is not None and point > as_of and (wake is None or point < wake):
                 wake = point
         if (

@@ -690,7 +690,7 @@ class Monitor:
     def _released(self, source: str, watermark_us: int) -> set[ContactKey]:
         heap = self._awaiting.get(source, [])
         popped = []
-        while heap and heap[0][0] <= watermark_us:
+        while heap and heap[0][0] < watermark_us:  # read past the deadline
             popped.append(heapq.heappop(heap))
         if popped:
             self._undo(partial(_push_all, heap, popped))
@@ -764,7 +764,7 @@ class Monitor:
             state = self.sources.get(key[0])
             wm = to_micros(state.watermark) if state and state.watermark else None
             heapq.heappush(self._awaiting.setdefault(key[0], []), (awaiting_us, key))
-            if wm is not None and wm >= awaiting_us:
+            if wm is not None and wm > awaiting_us:
                 # watermark already past: evaluate at once
                 self._wake_at[key] = awaiting_us
                 heapq.heappush(self._wake_heap, (awaiting_us, key))
