@@ -74,6 +74,7 @@ def test_scaling_doc_says_which_replica_exports_each_metric(tmp_path: Path) -> N
     monitor.live.ingested[("demo", "customer_message")] = 1
     monitor.live.rejected[("demo", "bad_json")] = 1
     monitor.live.skipped[("demo", "bounce")] = 1
+    monitor.live.late[("demo",)] = 1
     health = monitor.live.sources["demo"]
     health.last_success = health.watermark = T0
     health.last_duration = 0.2

@@ -258,3 +258,35 @@ def test_a_breach_made_knowable_by_a_poll_is_timed_from_its_arrival(
     assert h.count == 1
     assert 0.0 < h.total <= after - before
     store.close()
+
+
+def test_a_late_event_never_flips_a_decision_only_replay_recomputes(
+    tmp_path: Path, shipped_config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    store.migrate()
+    clock = FixedClock(at(hours=2))
+    m = Monitor(store, shipped_config, clock)
+    m.load()
+    m.ingest("s", [ev("customer_message", T0, conv="c")], watermark=at(hours=2))
+    key = ("email", "billing", "none", "first_reply", "breached")
+    assert m.snapshot()["outcomes"][key] == 1
+    # the source now delivers a reply from 10:50, older than the 11:00 it vouched for
+    m.ingest("s", [ev("agent_reply", at(minutes=50), conv="c")], watermark=at(hours=2))
+    snap = m.snapshot()
+    assert snap["outcomes"][key] == 1 and not snap["outcomes"].get((*key[:4], "met"))
+    assert snap["late"] == {("s",): 1}
+    assert "older than its watermark" in caplog.text
+    ex = explain(store, shipped_config, ("s", "c"), clock.at)
+    assert ex is not None
+    fr = next(t for t in ex["targets"] if t["target"] == "first_reply")
+    assert (fr["outcome"], fr["recomputed_outcome"]) == ("breached", "met")
+    rep = report(store, shipped_config, clock.at, None, None)["targets"]
+    assert next(r for r in rep if r["target"] == "first_reply")["breached"] == 1
+    fresh = Monitor(store, shipped_config, clock)
+    fresh.load()
+    assert fresh.snapshot()["late"] == {("s",): 1}  # the count survives a restart
+    replay(store, shipped_config, clock.at, workers=1)  # the explicit recompute
+    rep = report(store, shipped_config, clock.at, None, None)["targets"]
+    assert next(r for r in rep if r["target"] == "first_reply")["met"] == 1
+    store.close()

@@ -109,6 +109,14 @@ class SkippedCountRow(Base):
     count: Mapped[int] = mapped_column(BigInteger)
 
 
+class LateCountRow(Base):
+    """Events a source delivered older than its own watermark (it broke its promise)."""
+
+    __tablename__ = "late_counts"
+    source: Mapped[str] = mapped_column(String(200), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+
+
 class RejectedRow(Base):
     __tablename__ = "rejected_events"
     __table_args__ = (

@@ -43,6 +43,7 @@ from sla_monitor.adapters.orm import (
     ContactRow,
     DirtyContactRow,
     EventRow,
+    LateCountRow,
     LeaseRow,
     PollCountRow,
     RejectedRow,
@@ -68,6 +69,7 @@ TARGETS = cast(Table, TargetRow.__table__)
 SOURCES = cast(Table, SourceStateRow.__table__)
 POLLS = cast(Table, PollCountRow.__table__)
 SKIPPED = cast(Table, SkippedCountRow.__table__)
+LATE = cast(Table, LateCountRow.__table__)
 REJECTED = cast(Table, RejectedRow.__table__)
 LEASES = cast(Table, LeaseRow.__table__)
 REPLICAS = cast(Table, ReplicaRow.__table__)
@@ -414,6 +416,15 @@ class Store:
                     index_elements=["source", "reason"], set_={"count": SKIPPED.c.count + n}
                 )
             )
+
+    def count_late(self, conn: Connection, source: str, n: int) -> None:
+        stmt = self._insert(LATE).values(source=source, count=n)
+        conn.execute(
+            stmt.on_conflict_do_update(index_elements=["source"], set_={"count": LATE.c.count + n})
+        )
+
+    def late_counts(self, conn: Connection) -> list[tuple[tuple[str, ...], int]]:
+        return [((r[0],), int(r[1])) for r in conn.execute(select(LATE.c.source, LATE.c.count))]
 
     def skipped_counts(self, conn: Connection) -> list[tuple[tuple[str, ...], int]]:
         q = select(SKIPPED.c.source, SKIPPED.c.reason, SKIPPED.c.count)
@@ -997,6 +1008,7 @@ class ClusterStore:
         )
         pol = select(POLLS.c.result, POLLS.c.count).where(POLLS.c.source == source)
         skp = select(SKIPPED.c.reason, SKIPPED.c.count).where(SKIPPED.c.source == source)
+        lat = select(LATE.c.count).where(LATE.c.source == source)
         carried = [
             (k, n) for k, n in self.store.carried(conn, "sla_events_ingested") if k[0] == source
         ]
@@ -1005,7 +1017,19 @@ class ClusterStore:
             "rejected": [((source, r[0]), int(r[1])) for r in conn.execute(rej)],
             "polls": [((source, r[0]), int(r[1])) for r in conn.execute(pol)],
             "skipped": [((source, r[0]), int(r[1])) for r in conn.execute(skp)],
+            "late": [((source,), int(r[0])) for r in conn.execute(lat)],
         }
+
+
+def decided_of(
+    rows: dict[ContactKey, list[Any]], key: ContactKey
+) -> dict[tuple[str, int], tuple[str, datetime]]:
+    """The outcomes already decided for a contact's targets (stored target rows)."""
+    return {
+        (r.target, r.seq): (r.outcome, from_micros(r.decided_us if r.decided_us else r.started_us))
+        for r in rows.get(key, [])
+        if r.outcome is not None
+    }
 
 
 def _by_contact(

@@ -8,7 +8,7 @@ so the result depends only on the set of events, never on their arrival order.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -438,10 +438,31 @@ def _judge_over(
     return _judge(replace(c, spec=spec), w, policy, as_of, watermark)
 
 
+Decided = Mapping[tuple[str, int], tuple[str, datetime]]  # (target, seq) -> outcome, when
+
+
+def _keep_decided(r: TargetResult, decided: Decided) -> TargetResult:
+    """An outcome published before stands: an event that arrived after the decision (its
+    source broke its watermark's promise) never flips it; only `replay` recomputes."""
+    kept = decided.get((r.target.value, r.seq))
+    if kept is None or (r.outcome is not None and r.outcome.value == kept[0]):
+        return r
+    outcome = Outcome(kept[0])
+    state = TargetState.BREACHED if outcome is Outcome.BREACHED and r.is_open else None
+    return replace(
+        r, outcome=outcome, state=state or TargetState(outcome.value), decided_at=kept[1]
+    )
+
+
 def evaluate_contact(
-    events: Iterable[Event], policy: Policy, as_of: datetime, watermark: datetime
+    events: Iterable[Event],
+    policy: Policy,
+    as_of: datetime,
+    watermark: datetime,
+    decided: Decided | None = None,
 ) -> ContactEvaluation:
-    """Evaluate one contact (all events must share source and conversation id)."""
+    """Evaluate one contact (all events must share source and conversation id). `decided`:
+    outcomes already published for it, which stand (see `_keep_decided`)."""
     evs = normalize(list(events))
     if not evs:
         raise ValueError("a contact needs at least one event")
@@ -458,6 +479,8 @@ def evaluate_contact(
     timeline = _rule_timeline(evs, policy)
     walk = _walk(evs, timeline)
     results = tuple(_judge_over(c, walk, policy, as_of, watermark, timeline) for c in walk.clocks)
+    if decided:
+        results = tuple(_keep_decided(r, decided) for r in results)
     opened = next((e.occurred_at for e in evs if e.kind in CUSTOMER_STARTS), None)
     first_response = None
     if opened is not None:

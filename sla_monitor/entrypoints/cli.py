@@ -452,6 +452,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
             f"{format_duration(timedelta(seconds=t['within']))} ({t['clock']} clock), started "
             f"{t['started_at']}, deadline {t['deadline'] or 'moving (paused)'}{resp}"
         )
+        if t.get("recomputed_outcome"):
+            print(
+                f"    decided {t['outcome']} before an event arrived late (older than its "
+                f"source's watermark); recomputed it would be {t['recomputed_outcome']} — "
+                "decided outcomes stand, `replay` recomputes"
+            )
     return 0
 
 

@@ -32,7 +32,7 @@ class MonitorCollector(Collector):
         owned = self.monitor.owned_sources
         if owned is not None:  # cluster mode: only the sources this replica polls
             snap["sources"] = {k: v for k, v in snap["sources"].items() if k in owned}
-            for key in ("polls", "ingested", "rejected", "skipped"):
+            for key in ("polls", "ingested", "rejected", "skipped", "late"):
                 snap[key] = {k: v for k, v in snap[key].items() if k[0] in owned}
         if self.monitor.exports_contacts:
             yield from self._contacts(snap)
@@ -183,3 +183,13 @@ class MonitorCollector(Collector):
         for (s, r), n in sorted(snap["skipped"].items()):
             skipped.add_metric([s, r], n)
         yield skipped
+
+        late = CounterMetricFamily(
+            "sla_late_events",
+            "Events a source delivered older than its own watermark (read after it said it "
+            "was complete up to then). Stored, but outcomes already decided stand.",
+            labels=["source"],
+        )
+        for (s,), n in sorted(snap["late"].items()):
+            late.add_metric([s], n)
+        yield late

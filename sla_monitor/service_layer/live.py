@@ -119,6 +119,7 @@ class LiveState:
         self.rejected: Counter[tuple[str, ...]] = Counter()
         self.polls: Counter[tuple[str, ...]] = Counter()
         self.skipped: Counter[tuple[str, ...]] = Counter()
+        self.late: Counter[tuple[str, ...]] = Counter()  # (source,): events older than read
         self.sources: dict[str, SourceHealth] = {}
         self.detection_delay = Histogram(
             (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)

@@ -32,7 +32,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from sla_monitor.adapters.store import NO_PRIORITY, ClusterStore, SourceState, Store
+from sla_monitor.adapters.store import NO_PRIORITY, ClusterStore, SourceState, Store, decided_of
 from sla_monitor.config import Config
 from sla_monitor.domain.engine import (
     ContactEvaluation,
@@ -204,6 +204,8 @@ class Monitor:
                 live.polls[key] = n
             for key, n in self.store.skipped_counts(conn):
                 live.skipped[key] = n
+            for key, n in self.store.late_counts(conn):
+                live.late[key] = n
             for ch, q, tg, v in self.store.response_times(conn):
                 live.response(ch, q, tg, v)
             for ch, q, tg, v, n, total in self.store.carried_responses(conn):
@@ -517,6 +519,11 @@ class Monitor:
             self._save_unsaved_polls(conn)
             events, archived = self._set_aside_archived(conn, events)
             new = self.store.add_events(conn, events, now_us)
+            read_before = previous.watermark if previous is not None else None
+            late = [e for e in new if read_before is not None and e.occurred_at < read_before]
+            if late:  # the source said it had delivered everything up to read_before
+                self.store.count_late(conn, source, len(late))
+                self._defer(self._late, source, late, read_before)
             conflicts = self._stored_conflicts(conn, source, events, new)
             all_rejected = [*rejected, *archived, *conflicts]
             fresh = self.store.add_rejected(conn, source, all_rejected, now_us)
@@ -551,6 +558,18 @@ class Monitor:
         summary.rejected = len(all_rejected)
         summary.reasons.update(r.reason for r in all_rejected)
         return summary
+
+    def _late(self, source: str, late: list[Event], read_before: datetime) -> None:
+        self.live.late[(source,)] += len(late)
+        oldest = min(e.occurred_at for e in late)
+        log.warning(
+            "source %s delivered %d events older than its watermark %s (the oldest at %s): "
+            "they are stored, but outcomes already decided stand (only `replay` recomputes)",
+            source,
+            len(late),
+            iso(read_before),
+            iso(oldest),
+        )
 
     def _restore_source(self, source: str, previous: SourceState | None) -> None:
         if previous is not None:
@@ -650,6 +669,7 @@ class Monitor:
             (live.rejected, "rejected"),
             (live.polls, "polls"),
             (live.skipped, "skipped"),
+            (live.late, "late"),
         ):
             for key in [k for k in counter if k[0] == source]:
                 del counter[key]
@@ -801,7 +821,9 @@ class Monitor:
                 events.setdefault(e.contact_key, []).append(e)
         old_targets = store.targets_for(conn, known)
         evaluations = [
-            evaluate_contact(events[k], self.policy, now, self.watermark(k[0], now))
+            evaluate_contact(
+                events[k], self.policy, now, self.watermark(k[0], now), decided_of(old_targets, k)
+            )
             for k in ordered
             if k in events
         ]
@@ -1021,6 +1043,7 @@ class Monitor:
                 "rejected": dict(live.rejected),
                 "polls": dict(live.polls),
                 "skipped": dict(live.skipped),
+                "late": dict(live.late),
                 "sources": {k: SourceHealth(**vars(v)) for k, v in live.sources.items()},
                 "delay": (live.detection_delay.cumulative(), live.detection_delay.total),
                 "series": set(live.series),

@@ -13,7 +13,7 @@ from datetime import datetime
 from itertools import pairwise
 from typing import Any
 
-from sla_monitor.adapters.store import NO_PRIORITY, Store, evaluation_rows
+from sla_monitor.adapters.store import NO_PRIORITY, Store, decided_of, evaluation_rows
 from sla_monitor.config import Config
 from sla_monitor.domain.engine import (
     NEVER_READ,
@@ -31,29 +31,61 @@ Progress = Callable[[int, int], None]  # (contacts done, events done)
 
 
 def _evaluations(
-    store: Store, config: Config, as_of: datetime, progress: Progress | None
+    store: Store,
+    config: Config,
+    as_of: datetime,
+    progress: Progress | None,
+    keep_decided: bool = False,
 ) -> Iterator[ContactEvaluation]:
+    """Every contact as of `as_of`. `keep_decided`: outcomes the monitor already published
+    (decided by `as_of`) stand, as they do live — everything but `replay`, which recomputes."""
     with store.engine.connect() as conn:
         watermarks = {n: s.watermark for n, s in store.load_sources(conn).items()}
         contacts = events = 0
         last = time.monotonic()
+        batch: list[list[Event]] = []
+
+        def flush() -> Iterator[ContactEvaluation]:
+            decided: dict[ContactKey, Any] = {}
+            if keep_decided:
+                with store.begin() as other:
+                    decided = store.targets_for(other, [b[0].contact_key for b in batch])
+            for b in batch:
+                kept = _decided_by(decided, b[0].contact_key, as_of) if keep_decided else None
+                yield _evaluate(b, config, as_of, watermarks, kept)
+            batch.clear()
+
         for evs in store.iter_contacts(conn, until_us=to_micros(as_of)):
-            yield _evaluate(evs, config, as_of, watermarks)
+            batch.append(evs)
+            if len(batch) >= 500:
+                yield from flush()
             contacts += 1
             events += len(evs)
             if progress is not None and time.monotonic() - last >= 1.0:
                 progress(contacts, events)
                 last = time.monotonic()
+        yield from flush()
         if progress is not None:
             progress(contacts, events)
 
 
+def _decided_by(
+    rows: dict[ContactKey, Any], key: ContactKey, as_of: datetime
+) -> dict[tuple[str, int], tuple[str, datetime]]:
+    as_of_us = to_micros(as_of)
+    return {k: v for k, v in decided_of(rows, key).items() if to_micros(v[1]) <= as_of_us}
+
+
 def _evaluate(
-    events: list[Event], config: Config, as_of: datetime, watermarks: dict[str, datetime | None]
+    events: list[Event],
+    config: Config,
+    as_of: datetime,
+    watermarks: dict[str, datetime | None],
+    decided: dict[tuple[str, int], tuple[str, datetime]] | None = None,
 ) -> ContactEvaluation:
     """One contact as of `as_of`, judged up to where its source has been read completely."""
     wm = read_until(watermarks.get(events[0].source), as_of)
-    return evaluate_contact(events, config.policy, as_of, wm)
+    return evaluate_contact(events, config.policy, as_of, wm, decided)
 
 
 def _summary(ev: ContactEvaluation) -> ContactSummary:
@@ -199,7 +231,7 @@ def report(
     opened: dict[tuple[str, str], int] = defaultdict(int)
     labels: dict[ContactKey, tuple[str, str]] = {}
     summaries: list[ContactSummary] = []
-    for ev in _evaluations(store, config, as_of, progress):
+    for ev in _evaluations(store, config, as_of, progress, keep_decided=True):
         a = ev.attributes
         ch, q = a.channel.value, a.queue
         summaries.append(_summary(ev))
@@ -283,11 +315,17 @@ def explain(
             return None
         state = store.load_sources(conn).get(key[0])
         link = store.repeat_links(conn, [key]).get(key)
+        rows = store.targets_for(conn, [key])
     events = [e for e in stored if e.occurred_at <= as_of]  # what had happened by then
     if not events:
         return None
     wm = read_until(state.watermark if state else None, as_of)
-    ev = evaluate_contact(events, config.policy, as_of, wm)
+    decided = _decided_by(rows, key, as_of)
+    ev = evaluate_contact(events, config.policy, as_of, wm, decided)
+    fresh = {
+        (t.target.value, t.seq): t.outcome.value if t.outcome else None
+        for t in evaluate_contact(events, config.policy, as_of, wm).targets
+    }
     a = ev.attributes
     return {
         "contact": f"{key[0]}:{key[1]}",
@@ -318,6 +356,10 @@ def explain(
                 "response_seconds": t.response_seconds,
                 "remaining_seconds": t.remaining.total_seconds()
                 if t.remaining is not None
+                else None,
+                # decided before an event arrived late; recomputed, it would be this
+                "recomputed_outcome": fresh.get((t.target.value, t.seq))
+                if fresh.get((t.target.value, t.seq)) != (t.outcome.value if t.outcome else None)
                 else None,
             }
             for t in ev.targets
