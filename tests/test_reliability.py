@@ -572,3 +572,12 @@ def test_a_file_truncated_then_renamed_while_the_monitor_was_away(tmp_path: Path
     log.write_text(_lines(15, 17))
     got += _numbers(read_new_lines([log], state, 10_000))
     assert got == list(range(17))
+
+
+def test_commands_on_an_unreachable_database_say_so_in_one_line(tmp_path: Path) -> None:
+    url = "postgresql+psycopg://sla@127.0.0.1:1/sla"  # nothing listens on port 1
+    done = cli("report", "--config", str(SHIPPED_CONFIG), "--db", url)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    lines = [x for x in done.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "database unavailable" in lines[0], done.stderr

@@ -697,6 +697,19 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"sla-monitor {args.command}: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from sla_monitor.service_layer.monitor import store_unreachable
+
+        if not store_unreachable(exc):
+            raise
+        log.debug("database unavailable", exc_info=True)
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        print(
+            f"sla-monitor {args.command}: database unavailable: {reason} "
+            "(check `database` in the config or --db; --log-level debug for details)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":
