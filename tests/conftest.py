@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from glob import glob
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,3 +131,16 @@ def store(db_url: str) -> Iterator[Store]:
     s.migrate()
     yield s
     s.close()
+
+
+@pytest.fixture
+def alertmanager() -> Iterator[Any]:
+    """A real Alertmanager on a free loopback port, for the test alone."""
+    from .promstack import AM_CONFIG, Alertmanager
+
+    am = Alertmanager(AM_CONFIG)
+    am.start()
+    try:
+        yield am
+    finally:
+        am.cleanup()

@@ -4,11 +4,9 @@ outage, several Alertmanagers, and a restart."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-import pytest
 
 from sla_monitor.domain.engine import evaluate_contact
 from sla_monitor.publishing.alertmanager import AlertmanagerPublisher
@@ -25,16 +23,6 @@ def wait_for(check: Callable[[], bool], timeout: float = 20) -> None:
             return
         time.sleep(0.2)
     raise AssertionError("timed out")
-
-
-@pytest.fixture
-def alertmanager() -> Iterator[Alertmanager]:
-    am = Alertmanager(AM_CONFIG)
-    am.start()
-    try:
-        yield am
-    finally:
-        am.cleanup()
 
 
 def publish_contact(pub: AlertmanagerPublisher, events: list, now: datetime) -> None:  # type: ignore[type-arg]

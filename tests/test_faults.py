@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,8 @@ from sla_monitor.service_layer.clock import SystemClock
 from sla_monitor.service_layer.monitor import Monitor
 
 from .conftest import PostgresServer, free_port
-from .promstack import AM_CONFIG, Alertmanager
+from .promstack import Alertmanager
+from .test_runtime import wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -252,28 +253,6 @@ class MonitorProcess:
             for family in text_string_to_metric_families(text)
             for s in family.samples
         }
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-@pytest.fixture
-def alertmanager() -> Iterator[Alertmanager]:
-    am = Alertmanager(AM_CONFIG)
-    am.start()
-    try:
-        yield am
-    finally:
-        am.cleanup()
 
 
 # -- what every round checks -----------------------------------------------------------------
