@@ -135,11 +135,14 @@ class _Segment:
 
     start: datetime
     rule: Rule | None
+    specs: dict[TargetName, TargetSpec]
 
     def spec(self, name: TargetName) -> TargetSpec | None:
-        if self.rule is None:
-            return None
-        return next((t for t in self.rule.targets if t.name is name), None)
+        return self.specs.get(name)
+
+
+def _segment(start: datetime, rule: Rule | None) -> _Segment:
+    return _Segment(start, rule, {t.name: t for t in rule.targets} if rule else {})
 
 
 def _rule_timeline(events: Sequence[Event], policy: Policy) -> list[_Segment]:
@@ -149,23 +152,29 @@ def _rule_timeline(events: Sequence[Event], policy: Policy) -> list[_Segment]:
     queue, priority, tier, customer = first.queue, None, None, None
     tags: frozenset[str] = frozenset()
     out: list[_Segment] = []
+    matched: tuple[object, ...] | None = None
     for e in events:
         queue = e.queue or queue
         priority = e.priority or priority
         tier = e.tier or tier
         customer = customer or e.customer_id
-        tags = tags | e.tags if e.tags else tags
+        if e.tags:
+            tags = tags | e.tags
+        seen = (queue, priority, tier, tags)
+        if seen == matched:
+            continue  # nothing a rule looks at changed (the common case: match once)
+        matched = seen
         rule = policy.rule_for(
             ContactAttributes(first.channel, queue, priority, tier, tags, customer)
         )
         if not out or rule is not out[-1].rule:
-            out.append(_Segment(e.occurred_at, rule))
+            out.append(_segment(e.occurred_at, rule))
     return out
 
 
 def _in_force(timeline: Sequence[_Segment], at: datetime) -> _Segment:
     found = timeline[0]
-    for seg in timeline:
+    for seg in timeline[1:]:
         if seg.start > at:
             break
         found = seg
@@ -408,7 +417,9 @@ def _judge_over(
     """Judge a clock under the rules in force while it ran. Decided outcomes are final: a
     lapse decided under one rule stands when the contact later matches another (a priority
     or queue change); an open clock moves to the new rule, measured from its start."""
-    later = [seg for seg in timeline if seg.start > c.start]
+    later = [seg for seg in timeline[1:] if seg.start > c.start]
+    if not later:  # one rule all along (the common case)
+        return _judge(c, w, policy, as_of, watermark)
     spec = c.spec
     seg_start = c.start
     for seg in later:
@@ -435,7 +446,7 @@ def _judge_over(
                 watermark,
             )
         spec, seg_start = nxt, seg.start
-    return _judge(replace(c, spec=spec), w, policy, as_of, watermark)
+    return _judge(c if spec is c.spec else replace(c, spec=spec), w, policy, as_of, watermark)
 
 
 Decided = Mapping[tuple[str, int], tuple[str, datetime]]  # (target, seq) -> outcome, when
