@@ -689,6 +689,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin otherwise
+    for chatty in ("httpx", "httpcore"):  # a line per request (every Alertmanager re-send)
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.root.level))
     try:
         return int(args.func(args))
     except ConfigError as exc:
