@@ -98,7 +98,6 @@ class SourceHealth:
     last_duration: float | None = None
     last_error: str | None = None
     previous_watermark: datetime | None = None
-    watermark_advanced_at: datetime | None = None
     watermark_arrived_wall: float | None = None  # time.time() when that watermark arrived
     consecutive_failures: int = 0
     configured: bool = False  # in the config (a source only in the store reports no health)

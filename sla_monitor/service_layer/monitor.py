@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import (
@@ -56,6 +56,7 @@ from sla_monitor.service_layer.live import (
 from sla_monitor.sources.abc import PollResult, Rejected
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
 
 
 class TargetListener(Protocol):
@@ -124,7 +125,7 @@ class _Pending:
     """What a transaction will change in memory: applied after COMMIT, dropped on rollback
     (the unit-of-work rule: memory follows the store)."""
 
-    on_commit: list[tuple[Callable[..., Any], tuple[Any, ...]]] = field(default_factory=list)
+    on_commit: list[Callable[[], object]] = field(default_factory=list)
     on_rollback: list[Callable[[], Any]] = field(default_factory=list)
 
 
@@ -148,8 +149,7 @@ class Monitor:
         self._wake_heap: list[tuple[int, ContactKey]] = []
         self._wake_at: dict[ContactKey, int] = {}
         self._awaiting: dict[str, list[tuple[int, ContactKey]]] = {}
-        self.started_at = clock.now()
-        self.started_wall = time.time()
+        self.started_wall = time.time()  # breaches knowable before this are history
         self.ready = False
         self.on_wake_change: Callable[[datetime | None], None] | None = None
         # cluster mode (docs/scaling.md): polls only store events and mark their contacts;
@@ -277,20 +277,20 @@ class Monitor:
             raise
         self._tx = None
         self._store_reachable()
-        for fn, args in tx.on_commit:
-            fn(*args)
+        for change in tx.on_commit:
+            change()
         if self._in_doubt:
             try:
                 self._resync()
             except Exception as exc:  # still in doubt: the next commit tries again
                 log.warning("re-reading memory from the store failed (%s)", _reason(exc))
 
-    def _defer(self, fn: Callable[..., Any], *args: Any) -> None:
+    def _defer(self, fn: Callable[P, object], *args: P.args, **kwargs: P.kwargs) -> None:
         """Change memory when the current transaction commits (at once outside one)."""
         if self._tx is None:
-            fn(*args)
+            fn(*args, **kwargs)
         else:
-            self._tx.on_commit.append((fn, args))
+            self._tx.on_commit.append(partial(fn, *args, **kwargs))
 
     def _undo(self, fn: Callable[[], Any]) -> None:
         if self._tx is not None:
@@ -515,13 +515,13 @@ class Monitor:
             self.sources[source] = state
             self._undo(lambda: self._restore_source(source, previous))
             if advanced:  # breaches this poll makes knowable are knowable from now
-                self._defer(_watermark_advanced, health, state.watermark, now, arrived)
+                self._defer(_watermark_advanced, health, state.watermark, arrived)
             self._save_unsaved_polls(conn)
             events, archived = self._set_aside_archived(conn, events)
             new = self.store.add_events(conn, events, now_us)
             read_before = previous.watermark if previous is not None else None
             late = [e for e in new if read_before is not None and e.occurred_at < read_before]
-            if late:  # the source said it had delivered everything up to read_before
+            if late and read_before is not None:  # it had vouched for everything up to there
                 self.store.count_late(conn, source, len(late))
                 self._defer(self._late, source, late, read_before)
             conflicts = self._stored_conflicts(conn, source, events, new)
@@ -693,7 +693,7 @@ class Monitor:
                         continue
                     if mine is None or mine.watermark is None or stored.watermark > mine.watermark:
                         health = self.live.sources.setdefault(name, SourceHealth(name, stored.kind))
-                        self._defer(_watermark_advanced, health, stored.watermark, now, time.time())
+                        self._defer(_watermark_advanced, health, stored.watermark, time.time())
                         self.sources[name] = (
                             stored if mine is None else replace(mine, watermark=stored.watermark)
                         )
@@ -1065,11 +1065,8 @@ def _count(counter: Counter[Any], key: Any, n: int) -> None:
     counter[key] += n
 
 
-def _watermark_advanced(
-    health: SourceHealth, watermark: datetime | None, now: datetime, arrived: float
-) -> None:
+def _watermark_advanced(health: SourceHealth, watermark: datetime | None, arrived: float) -> None:
     health.previous_watermark = health.watermark
-    health.watermark_advanced_at = now
     health.watermark_arrived_wall = arrived  # wall time the poll carrying it was handed over
     health.watermark = watermark
 
