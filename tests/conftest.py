@@ -144,3 +144,16 @@ def alertmanager() -> Iterator[Any]:
         yield am
     finally:
         am.cleanup()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL of the test's own, so that it can be stopped, started or attacked."""
+    if os.environ.get("SLA_MONITOR_SKIP_POSTGRES"):
+        pytest.skip("SLA_MONITOR_SKIP_POSTGRES is set")
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

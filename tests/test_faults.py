@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -461,16 +461,28 @@ def test_sigkill_during_ingest(
         assert view["rejected"] == writer.poison, figures
 
 
-@pytest.mark.postgres
-def test_backend_kills_under_load_leave_live_counters_equal_to_the_store(
-    tmp_path: Path, alertmanager: Alertmanager
-) -> None:
-    server = PostgresServer()
-    server.start()
-    db = server.new_database()
+@pytest.fixture
+def on_own_postgres(
+    tmp_path: Path, own_postgres: PostgresServer, alertmanager: Alertmanager
+) -> Iterator[tuple[PostgresServer, str, Writer, MonitorProcess]]:
+    """A monitor process and a writer on a PostgreSQL of the test's own (to kill or stop)."""
+    db = own_postgres.new_database()
     events = tmp_path / "calls.jsonl"
     writer = Writer(events)
     m = MonitorProcess(tmp_path, db, alertmanager, events)
+    try:
+        yield own_postgres, db, writer, m
+    finally:
+        m.stop()
+        writer.close()
+
+
+@pytest.mark.postgres
+def test_backend_kills_under_load_leave_live_counters_equal_to_the_store(
+    on_own_postgres: tuple[PostgresServer, str, Writer, MonitorProcess],
+    alertmanager: Alertmanager,
+) -> None:
+    server, db, writer, m = on_own_postgres
     import psycopg
 
     admin = f"host=127.0.0.1 port={server.port} user=postgres dbname=postgres"
@@ -495,21 +507,15 @@ def test_backend_kills_under_load_leave_live_counters_equal_to_the_store(
         figures = settle_and_check(m, writer, alertmanager, db, f"backend kills ({kills})")
         assert kills > 0 and figures["events"] > 0
     finally:
-        m.stop()
-        writer.close()
-        server.stop()
+        writer.stop()
 
 
 @pytest.mark.postgres
 def test_postgres_stopped_across_a_deadline_pages_once_it_is_back(
-    tmp_path: Path, alertmanager: Alertmanager
+    on_own_postgres: tuple[PostgresServer, str, Writer, MonitorProcess],
+    alertmanager: Alertmanager,
 ) -> None:
-    server = PostgresServer()
-    server.start()
-    db = server.new_database()
-    events = tmp_path / "calls.jsonl"
-    writer = Writer(events)
-    m = MonitorProcess(tmp_path, db, alertmanager, events)
+    server, db, writer, m = on_own_postgres
     try:
         m.start()
         wait_for(lambda: m.ready()[0] == 200, 60, "/readyz")
@@ -536,6 +542,4 @@ def test_postgres_stopped_across_a_deadline_pages_once_it_is_back(
         assert "Traceback" not in log
         assert log.count("database unavailable") == log.count("database reachable again") >= 1
     finally:
-        m.stop()
-        writer.close()
-        server.stop()
+        writer.stop()

@@ -79,17 +79,6 @@ def stored_counters(url: str, config: Config) -> dict[str, Any]:
     return counters(fresh)
 
 
-@pytest.fixture
-def own_postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL of this test's own, so that it can be stopped and started."""
-    server = PostgresServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 # -- defect 1: a deadline that falls due while the database is down --------------------------
 
 
