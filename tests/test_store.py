@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -263,3 +265,34 @@ def test_parallel_replay_writes_exactly_what_a_single_process_replay_writes(
     together = recompute.replay(store, shipped_config, at(days=4), workers=3)
     assert together == alone and alone.repeats > 0
     assert state() == single
+
+
+def test_a_migration_that_stops_half_way_leaves_nothing_behind_on_sqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process killed during its first migration must not leave half a schema that the
+    next start cannot migrate (found by the fault suite: `table contacts already exists`)."""
+    import sqlalchemy as sa
+    from alembic.operations import Operations
+
+    url = f"sqlite:///{tmp_path / 'half.db'}"
+    real = Operations.create_table
+    made: list[str] = []
+
+    def create_then_die(self: Any, name: str, *cols: Any, **kw: Any) -> Any:
+        if made:
+            raise KeyboardInterrupt("killed")  # as abrupt as a signal, mid-migration
+        made.append(name)
+        return real(self, name, *cols, **kw)
+
+    monkeypatch.setattr(Operations, "create_table", create_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        Store(url).migrate()
+    monkeypatch.setattr(Operations, "create_table", real)
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        assert sa.inspect(conn).get_table_names() == []  # rolled back whole
+    engine.dispose()
+    store = Store(url)
+    store.migrate()  # and the next start migrates cleanly
+    store.close()

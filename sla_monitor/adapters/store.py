@@ -214,6 +214,12 @@ class Store:
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
         with self.engine.begin() as conn:
+            if self.dialect == "sqlite":
+                # Python's sqlite3 opens no transaction before DDL, so each CREATE would
+                # commit on its own: a process killed mid-migration left half a schema that
+                # the next start could not migrate ("table already exists"). SQLite's DDL
+                # is transactional once a transaction is open: open it.
+                conn.exec_driver_sql("BEGIN")
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
