@@ -105,8 +105,7 @@ class PostgresServer:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
+def _running_postgres() -> Iterator[PostgresServer]:
     if os.environ.get("SLA_MONITOR_SKIP_POSTGRES"):
         pytest.skip("SLA_MONITOR_SKIP_POSTGRES is set")
     server = PostgresServer()
@@ -115,6 +114,11 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    yield from _running_postgres()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -149,11 +153,4 @@ def alertmanager() -> Iterator[Any]:
 @pytest.fixture
 def own_postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL of the test's own, so that it can be stopped, started or attacked."""
-    if os.environ.get("SLA_MONITOR_SKIP_POSTGRES"):
-        pytest.skip("SLA_MONITOR_SKIP_POSTGRES is set")
-    server = PostgresServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running_postgres()
