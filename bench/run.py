@@ -28,18 +28,16 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from sla_monitor.adapters.store import (
+from sla_monitor.adapters.records import SourceState
+from sla_monitor.adapters.sql import (
     CONTACTS,
     EVENT_ROW_COLUMNS,
     EVENTS,
     TARGETS,
-    SourceState,
-    Store,
-    event_row,
+    SqlStore,
     event_tuple,
     insert_rows,
 )
-from sla_monitor.bootstrap import App
 from sla_monitor.config import Config, load_config
 from sla_monitor.domain.events import Channel, Event, EventKind, Status
 from sla_monitor.domain.timeutil import to_micros
@@ -49,6 +47,7 @@ from sla_monitor.service_layer.archive import archive
 from sla_monitor.service_layer.clock import FixedClock, SystemClock
 from sla_monitor.service_layer.monitor import Monitor
 from sla_monitor.service_layer.recompute import replay
+from sla_monitor.service_layer.runtime import Runtime
 from sla_monitor.sources.abc import PollResult
 from sla_monitor.sources.jsonl import parse_line
 
@@ -158,8 +157,8 @@ def databases(kind: str, n: int = 1) -> Iterator[list[str]]:
         server.stop()
 
 
-def fresh_store(url: str) -> Store:
-    store = Store(url)
+def fresh_store(url: str) -> SqlStore:
+    store = SqlStore(url)
     store.migrate()
     return store
 
@@ -176,7 +175,7 @@ def bench_ingest(kind: str, contacts: int) -> None:
         raw_store = fresh_store(url_raw)
         t = time.perf_counter()
         for i in range(0, len(rows), batch):
-            with raw_store.begin() as conn:  # the same bulk insert ingest uses
+            with raw_store.engine.begin() as conn:  # the same bulk insert ingest uses
                 insert_rows(conn, EVENTS, EVENT_ROW_COLUMNS, rows[i : i + batch])
         raw = len(rows) / (time.perf_counter() - t)
         raw_store.close()
@@ -213,7 +212,7 @@ def bench_ingest(kind: str, contacts: int) -> None:
 # -- open targets: memory, scrape, evaluation cost, detection delay -------------------------
 
 
-def fill_open_targets(store: Store, n: int, now: datetime) -> None:
+def fill_open_targets(store: SqlStore, n: int, now: datetime) -> None:
     """n open email contacts, each with one on-track first_reply target far from due."""
     started = to_micros(now - timedelta(minutes=1))
     due = to_micros(now + timedelta(days=30))
@@ -261,7 +260,7 @@ def fill_open_targets(store: Store, n: int, now: datetime) -> None:
                     "response_seconds": None,
                 }
             )
-        with store.begin() as conn:
+        with store.engine.begin() as conn:
             conn.execute(CONTACTS.insert(), contacts)
             conn.execute(TARGETS.insert(), targets)
 
@@ -382,7 +381,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 def detection_delay(
-    store: Store, config: Config, monitor: Monitor, probes: int
+    store: SqlStore, config: Config, monitor: Monitor, probes: int
 ) -> tuple[list[float], list[float]]:
     """Calls whose 2 s answer deadlines fall due one after another; the source has been read
     past them, so each breach is knowable at its deadline. Delay = page received - deadline."""
@@ -390,7 +389,7 @@ def detection_delay(
     publisher = AlertmanagerPublisher([am.url], monitor.clock, {}, resend_interval=60)
     publisher.commit_lock = monitor.lock  # as in `run`: pages leave after their commit
     monitor.listeners = [publisher]
-    app = App(config, store, monitor.clock, monitor, {}, "127.0.0.1:0", alerts=None)
+    app = Runtime(config, store, monitor.clock, monitor, {})
     app.monitor.ready = True
     app.scheduler.start()
     monitor.on_wake_change = app.schedule_wake
@@ -436,7 +435,7 @@ def detection_delay(
 # -- 6. replay ---------------------------------------------------------------------------------
 
 
-def store_history(store: Store, events_total: int) -> int:
+def store_history(store: SqlStore, events_total: int) -> int:
     """About `events_total` events of 20,000 contacts a day, straight into `events`."""
     contacts = events_total // 5
     chunk = 10_000
@@ -446,11 +445,11 @@ def store_history(store: Store, events_total: int) -> int:
             min(chunk, contacts - i), seed=i, start=T0 + timedelta(days=i // 20_000)
         )
         rows = [
-            event_row(e, 0)
+            dict(zip(EVENT_ROW_COLUMNS, event_tuple(e, 0), strict=True))
             | {"conversation_id": f"{e.conversation_id}-{i}", "event_id": f"{e.event_id}-{i}"}
             for e in evs
         ]
-        with store.begin() as conn:
+        with store.engine.begin() as conn:
             conn.execute(EVENTS.insert(), rows)
         n += len(rows)
     return n
@@ -462,8 +461,8 @@ def bench_replay(events_total: int) -> None:
         config = load_config(CONFIG)
         n = store_history(store, events_total)
         t = time.perf_counter()
-        with store.engine.connect() as conn:
-            read = sum(len(c) for c in store.iter_contacts(conn))
+        with store.read() as tx:
+            read = sum(len(c) for c in tx.events.by_contact())
         read_rate = read / (time.perf_counter() - t)
         t = time.perf_counter()
         summary = replay(store, config, T0 + timedelta(days=60))
@@ -493,12 +492,12 @@ def bench_archive(events_total: int) -> None:
         days = max(events_total // 100_000, 2)  # 20,000 contacts (100k events) a day
         now = T0 + timedelta(days=days + 30)
         with store.begin() as conn:
-            store.save_source(conn, SourceState("bench", "bench", watermark=now))
+            conn.sources.save(SourceState("bench", "bench", watermark=now))
         replay(store, config, now)
         before = T0 + timedelta(days=days // 2)
         t = time.perf_counter()
-        with store.engine.connect() as conn:
-            read = sum(len(c) for c in store.iter_contacts(conn, until_us=to_micros(before)))
+        with store.read() as tx:
+            read = sum(len(c) for c in tx.events.by_contact(until_us=to_micros(before)))
         read_rate = read / (time.perf_counter() - t)
         t = time.perf_counter()
         s = archive(store, config, before, Path(tmp) / "a.jsonl.gz", now)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from sla_monitor.adapters.store import Store
+from sla_monitor.adapters.sql import SqlStore
 from sla_monitor.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,8 +130,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    s = Store(db_url)
+def store(db_url: str) -> Iterator[SqlStore]:
+    s = SqlStore(db_url)
     s.migrate()
     yield s
     s.close()

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, select
 
-from sla_monitor.adapters import store as store_module
-from sla_monitor.adapters.store import TARGETS, Store
+from sla_monitor.adapters import sql as store_module
+from sla_monitor.adapters.sql import TARGETS, SqlStore
 from sla_monitor.config import Config, load_config
 from sla_monitor.domain.events import Event
 from sla_monitor.service_layer.clock import FixedClock
@@ -103,22 +103,22 @@ def streams(draw: st.DrawFn) -> list[Event]:
     return sorted(out, key=Event.sort_key)
 
 
-def _rows(store: Store) -> dict[tuple[str, str, int], tuple[str, str | None]]:
-    with store.begin() as conn:
+def _rows(store: SqlStore) -> dict[tuple[str, str, int], tuple[str, str | None]]:
+    with store.engine.begin() as conn:
         return {
             (r.conversation_id, r.target, r.seq): (r.state, r.outcome)
             for r in conn.execute(select(TARGETS))
         }
 
 
-def _clear(store: Store) -> None:
-    with store.begin() as conn:
+def _clear(store: SqlStore) -> None:
+    with store.engine.begin() as conn:
         for table in reversed(store_module.EVENTS.metadata.sorted_tables):
             if table.name != "alembic_version":
                 conn.execute(delete(table))
 
 
-def check(store: Store, config: Config, events: list[Event], cuts: list[int]) -> None:
+def check(store: SqlStore, config: Config, events: list[Event], cuts: list[int]) -> None:
     _clear(store)
     clock = FixedClock(T0)
     m = Monitor(store, config, clock)
@@ -166,7 +166,7 @@ def check(store: Store, config: Config, events: list[Event], cuts: list[int]) ->
 @pytest.mark.parametrize("examples", [40])
 def test_live_replay_report_and_explain_agree_sqlite(tmp_path: Path, examples: int) -> None:
     config = _config(tmp_path)
-    store = Store(f"sqlite:///{tmp_path / 'agree.db'}")
+    store = SqlStore(f"sqlite:///{tmp_path / 'agree.db'}")
     store.migrate()
 
     @settings(
@@ -185,7 +185,7 @@ def test_live_replay_report_and_explain_agree_sqlite(tmp_path: Path, examples: i
 @pytest.mark.postgres
 def test_live_replay_report_and_explain_agree_postgresql(tmp_path: Path, postgres: Any) -> None:
     config = _config(tmp_path)
-    store = Store(postgres.new_database())
+    store = SqlStore(postgres.new_database())
     store.migrate()
 
     @settings(

@@ -144,6 +144,7 @@ def test_after_a_restart_the_active_pages_are_sent_again(tmp_path: Path) -> None
 
     from sla_monitor.bootstrap import build_app
     from sla_monitor.domain.timeutil import iso
+    from sla_monitor.entrypoints.http import MetricsServer
 
     from .conftest import SHIPPED_CONFIG, free_port
 
@@ -178,7 +179,9 @@ def test_after_a_restart_the_active_pages_are_sent_again(tmp_path: Path) -> None
     db = f"sqlite:///{tmp_path / 'db.sqlite'}"
     am = Alertmanager(AM_CONFIG)  # configured, but not running yet
     try:
-        first = build_app(str(config), db, f"127.0.0.1:{free_port()}", [am.url])
+        first = build_app(
+            str(config), db, f"127.0.0.1:{free_port()}", [am.url], serve=MetricsServer
+        )
         first.start()
         wait_for(
             lambda: (
@@ -191,7 +194,9 @@ def test_after_a_restart_the_active_pages_are_sent_again(tmp_path: Path) -> None
         wait_for(lambda: first.alerts is not None and not first.alerts.delivered_ok[am.url])
         first.stop()
         am.start()
-        second = build_app(str(config), db, f"127.0.0.1:{free_port()}", [am.url])
+        second = build_app(
+            str(config), db, f"127.0.0.1:{free_port()}", [am.url], serve=MetricsServer
+        )
         second.start()
         try:
             wait_for(lambda: len(lapsed(am)) == 1)
@@ -212,6 +217,7 @@ def test_a_page_goes_out_only_once_its_contact_is_stored(
 
     from sla_monitor.bootstrap import build_app
     from sla_monitor.domain.timeutil import iso
+    from sla_monitor.entrypoints.http import MetricsServer
 
     from .conftest import SHIPPED_CONFIG, free_port
 
@@ -237,6 +243,7 @@ def test_a_page_goes_out_only_once_its_contact_is_stored(
         f"sqlite:///{tmp_path / 'db.sqlite'}",
         f"127.0.0.1:{free_port()}",
         [alertmanager.url],
+        serve=MetricsServer,
     )
     seen_before_commit: list[bool] = []
 
@@ -256,7 +263,7 @@ def test_a_page_goes_out_only_once_its_contact_is_stored(
         wait_for(lambda: len(lapsed(alertmanager)) == 1)
         assert seen_before_commit and not any(seen_before_commit)
         with app.store.begin() as conn:
-            assert ("pbx", "call-9") in app.store.contacts_for(conn, [("pbx", "call-9")])
+            assert ("pbx", "call-9") in conn.state.contacts_for([("pbx", "call-9")])
     finally:
         app.stop()
 

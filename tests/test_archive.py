@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sla_monitor.adapters.store import Store
+from sla_monitor.adapters import sql
+from sla_monitor.adapters.sql import SqlStore
 from sla_monitor.config import Config, load_config
 from sla_monitor.domain.events import ContactKey, Event, event_from_dict
 from sla_monitor.domain.timeutil import iso
@@ -34,13 +35,15 @@ BEFORE = T0 + timedelta(days=2)
 NOW = BEFORE + timedelta(days=8)  # past the 7-day repeat window
 
 
-def fresh_monitor(store: Store, config: Config) -> Monitor:
+def fresh_monitor(store: SqlStore, config: Config) -> Monitor:
     m = Monitor(store, config, FixedClock(NOW))
     m.load()
     return m
 
 
-def metrics(store: Store, config: Config) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def metrics(
+    store: SqlStore, config: Config
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample a freshly started monitor would serve on /metrics."""
     registry = CollectorRegistry()
     registry.register(MonitorCollector(fresh_monitor(store, config)))
@@ -125,7 +128,7 @@ def history() -> dict[str, list[Event]]:
     }
 
 
-def load(store: Store, config: Config, contacts: dict[str, list[Event]]) -> Monitor:
+def load(store: SqlStore, config: Config, contacts: dict[str, list[Event]]) -> Monitor:
     m = fresh_monitor(store, config)
     by_source: dict[str, list[Event]] = {}
     for evs in contacts.values():
@@ -142,14 +145,14 @@ def read_archive(path: Path) -> list[Event]:
         return [event_from_dict(json.loads(line)) for line in fh]
 
 
-def stored(store: Store, convs: list[str]) -> set[str]:
+def stored(store: SqlStore, convs: list[str]) -> set[str]:
     keys: list[ContactKey] = [(s, c) for c in convs for s in ("desk", "pbx", "slow")]
     with store.begin() as conn:
-        return {c for _, c in store.stored_contacts(conn, keys)}
+        return {c for _, c in conn.events.contacts_stored(keys)}
 
 
 def test_archive_moves_quiet_contacts_to_a_file_and_no_counter_moves(
-    store: Store, shipped_config: Config, tmp_path: Path
+    store: SqlStore, shipped_config: Config, tmp_path: Path
 ) -> None:
     contacts = history()
     load(store, shipped_config, contacts)
@@ -178,7 +181,7 @@ def test_archive_moves_quiet_contacts_to_a_file_and_no_counter_moves(
 
 
 def test_a_redelivered_archived_event_is_set_aside_not_counted_again(
-    store: Store, shipped_config: Config, tmp_path: Path
+    store: SqlStore, shipped_config: Config, tmp_path: Path
 ) -> None:
     contacts = history()
     load(store, shipped_config, contacts)
@@ -200,7 +203,7 @@ def test_a_redelivered_archived_event_is_set_aside_not_counted_again(
     # a conversation coming back after its archive starts a new contact
     assert m.live.opened[("email", "billing", "none")] == opened[("email", "billing", "none")] + 1
     with store.begin() as conn:
-        rejected = store.rejected(conn)
+        rejected = conn.events.rejected()
     assert "older than the archive horizon" in rejected[0].detail
     # a new source (never archived) may still bring old history
     old = ev("customer_message", T0, conv="N", customer="cust-n", source="newdesk")
@@ -208,7 +211,7 @@ def test_a_redelivered_archived_event_is_set_aside_not_counted_again(
 
 
 def test_the_archive_file_restores_into_a_separate_database(
-    store: Store, shipped_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store: SqlStore, shipped_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     load(store, shipped_config, history())
     report_before = _report(capsys, store.url, "2026-11-02T00:00:00Z", "2026-11-02T23:00:00Z")
@@ -265,14 +268,14 @@ def test_refusals_name_the_problem_and_change_nothing(
 
     assert main(["archive", *cfg, "--before", "2026-01-01T00:00:00Z"]) == 2
     assert "--to FILE" in capsys.readouterr().err
-    store = Store(db)
+    store = SqlStore(db)
     with store.begin() as conn:
-        assert store.archive_horizons(conn) == {}  # no refusal set a horizon
+        assert conn.archive.horizons() == {}  # no refusal set a horizon
     store.close()
 
 
 def test_dry_run_says_what_would_go_and_changes_nothing(
-    store: Store, shipped_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store: SqlStore, shipped_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     load(store, shipped_config, history())
     cfg = ["--config", str(SHIPPED_CONFIG), "--db", store.url, "--before", iso(BEFORE)]
@@ -284,11 +287,11 @@ def test_dry_run_says_what_would_go_and_changes_nothing(
     assert "source slow skipped: read completely only up to 2026-11-03T09:00:00Z" in out
     assert stored(store, list(history())) == set(history())
     with store.begin() as conn:
-        assert store.archive_horizons(conn) == {}
+        assert conn.archive.horizons() == {}
 
 
 def test_a_cut_short_archive_file_gives_back_every_line_before_the_cut(
-    store: Store, shipped_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store: SqlStore, shipped_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     contacts = history()
     load(store, shipped_config, contacts)
@@ -305,12 +308,12 @@ def test_a_cut_short_archive_file_gives_back_every_line_before_the_cut(
 
 
 def test_an_archive_that_fails_part_way_keeps_file_and_database_consistent(
-    store: Store, shipped_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: SqlStore, shipped_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     contacts = history()
     load(store, shipped_config, contacts)
     before = metrics(store, shipped_config)
-    real = store.archive_contacts
+    real = sql._Archive.archive
     calls = []
 
     def fail_on_third(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -319,7 +322,7 @@ def test_an_archive_that_fails_part_way_keeps_file_and_database_consistent(
             raise OSError("database connection lost")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(store, "archive_contacts", fail_on_third)
+    monkeypatch.setattr(sql._Archive, "archive", fail_on_third)
     path = tmp_path / "a.jsonl.gz"
     with pytest.raises(ArchiveInterrupted, match="stopped with 2 quiet contacts archived"):
         archive(store, shipped_config, BEFORE, path, NOW, batch=1)
@@ -351,7 +354,7 @@ def test_archiving_never_changes_metrics_or_the_repeat_links_that_remain(
 ) -> None:
     shipped_config = load_config(SHIPPED_CONFIG)
     with tempfile.TemporaryDirectory() as tmp:
-        store = Store(f"sqlite:///{tmp}/sla.db")
+        store = SqlStore(f"sqlite:///{tmp}/sla.db")
         store.migrate()
         now = T0 + timedelta(days=40)
         contacts: dict[str, list[Event]] = {}
@@ -385,17 +388,18 @@ def test_archiving_never_changes_metrics_or_the_repeat_links_that_remain(
         store.close()
 
 
-def _links(store: Store) -> dict[ContactKey, ContactKey]:
-    with store.begin() as conn:
+def _links(store: SqlStore) -> dict[ContactKey, ContactKey]:
+    with store.engine.begin() as conn:
         keys = [
             (r[0], r[1])
             for r in conn.exec_driver_sql("SELECT source, conversation_id FROM contacts")
         ]
-        return store.repeat_links(conn, keys)
+    with store.begin() as tx:
+        return {k: c.repeat_of for k, c in tx.state.contacts_for(keys).items() if c.repeat_of}
 
 
 def test_archive_error_is_raised_before_anything_is_written(
-    store: Store, shipped_config: Config, tmp_path: Path
+    store: SqlStore, shipped_config: Config, tmp_path: Path
 ) -> None:
     with pytest.raises(ArchiveError, match="no such folder"):
         archive(store, shipped_config, BEFORE, tmp_path / "missing" / "a.gz", NOW)

@@ -7,7 +7,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sla_monitor.adapters.store import Store
+from sla_monitor.adapters.sql import SqlStore
 from sla_monitor.config import Config
 from sla_monitor.domain.events import EventKind
 from sla_monitor.service_layer.clock import FixedClock
@@ -103,7 +103,7 @@ def test_service_level_for_a_day_of_calls(tmp_path: Path, shipped_config: Config
                 abandoned_early += 1
             else:
                 abandoned_late += 1
-    db = Store(f"sqlite:///{tmp_path / 'pbx.db'}")
+    db = SqlStore(f"sqlite:///{tmp_path / 'pbx.db'}")
     db.migrate()
     monitor = Monitor(db, shipped_config, FixedClock(DAY + timedelta(days=1)))
     monitor.load()

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sla_monitor.adapters.store import Store
+from sla_monitor.adapters.sql import SqlStore
 from sla_monitor.config import Config
 from sla_monitor.service_layer.clock import FixedClock
 from sla_monitor.service_layer.monitor import Monitor
@@ -203,7 +203,7 @@ def test_conversations_end_to_end(tmp_path: Path, shipped_config: Config) -> Non
     assert first.skipped == {"auto_reply": 1, "bounce": 1}  # neither is a customer asking
     assert next(e for e in first.events if e.event_id == "121").customer_id == "eve@example.com"
 
-    store = Store(f"sqlite:///{tmp_path / 'cw.db'}")
+    store = SqlStore(f"sqlite:///{tmp_path / 'cw.db'}")
     store.migrate()
     monitor = Monitor(store, shipped_config, FixedClock(NOW))
     monitor.load()

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sla_monitor.adapters.store import Store
+from sla_monitor.adapters.sql import SqlStore
 from sla_monitor.domain.timeutil import iso
 
 from .conftest import SHIPPED_CONFIG, PostgresServer, free_port
@@ -119,7 +119,7 @@ def test_three_replicas_survive_a_sigkill(postgres: PostgresServer, tmp_path: Pa
         + "sources:\n"
         + sources
     )
-    Store(db).migrate()
+    SqlStore(db).migrate()
     replicas: dict[int, subprocess.Popen[bytes]] = {}
     logs = []
     for i in range(3):
@@ -189,11 +189,11 @@ def test_three_replicas_survive_a_sigkill(postgres: PostgresServer, tmp_path: Pa
         new_lead = wait_for("a new leader", leader, 30)
         assert new_lead in replicas
 
-        store = Store(db)
+        store = SqlStore(db)
 
         def all_in() -> bool:
             with store.begin() as conn:
-                return store.count_events(conn) == written
+                return conn.events.count() == written
 
         wait_for("every event stored", all_in, 40)
 

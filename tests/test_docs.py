@@ -27,9 +27,9 @@ def test_readme_config_example_is_valid(tmp_path: Path) -> None:
 
 
 def test_readme_lists_every_metric_and_command(tmp_path: Path) -> None:
-    from sla_monitor.adapters.store import Store
+    from sla_monitor.adapters.sql import SqlStore
 
-    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    store = SqlStore(f"sqlite:///{tmp_path / 'x.db'}")
     store.migrate()
     monitor = Monitor(store, load_config(SHIPPED_CONFIG), FixedClock(T0))
     monitor.load()
@@ -56,7 +56,7 @@ def test_connector_examples_are_valid() -> None:
 def test_scaling_doc_says_which_replica_exports_each_metric(tmp_path: Path) -> None:
     """docs/scaling.md tells dashboard authors which replica serves what; it must match
     what a leader, a source's lease holder and any replica actually serve."""
-    from sla_monitor.adapters.store import Store
+    from sla_monitor.adapters.sql import SqlStore
 
     text = (ROOT / "docs" / "scaling.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| `sla_")]
@@ -65,7 +65,7 @@ def test_scaling_doc_says_which_replica_exports_each_metric(tmp_path: Path) -> N
         (row,) = [r for r in rows if marker in r]
         return {n.removesuffix("_total") for n in re.findall(r"`(sla_\w+)`", row)}
 
-    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    store = SqlStore(f"sqlite:///{tmp_path / 'x.db'}")
     store.migrate()
     monitor = Monitor(store, load_config(SHIPPED_CONFIG), FixedClock(T0))
     monitor.load()

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sla_monitor.adapters.store import Store
+from sla_monitor.adapters.sql import SqlStore
 from sla_monitor.config import load_config
 from sla_monitor.domain.timeutil import iso
 from sla_monitor.service_layer.clock import FixedClock
@@ -99,7 +99,7 @@ def test_contacts_end_and_unmatched_ones_are_counted(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
 
-    store = Store(db)
+    store = SqlStore(db)
     monitor = Monitor(store, load_config(cfg), FixedClock(T + timedelta(days=3)))
     monitor.load()
     snap = monitor.snapshot()

@@ -29,7 +29,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from sla_monitor.adapters.store import EVENTS, REJECTED, TARGETS, Store
+from sla_monitor.adapters.sql import EVENTS, REJECTED, TARGETS, SqlStore
 from sla_monitor.config import load_config
 from sla_monitor.domain.timeutil import iso
 from sla_monitor.service_layer.clock import SystemClock
@@ -268,12 +268,12 @@ COUNTERS = (
 
 def stored_view(db: str, config_path: Path) -> dict[str, Any]:
     """What the store holds, and the counters a monitor started on it would export."""
-    store = Store(db)
+    store = SqlStore(db)
     try:
         m = Monitor(store, load_config(config_path), SystemClock())
         m.load()
         snap = m.snapshot()
-        with store.begin() as conn:
+        with store.engine.begin() as conn:
             ids = [r[0] for r in conn.execute(select(EVENTS.c.event_id))]
             rejected = int(conn.execute(select(func.count()).select_from(REJECTED)).scalar_one())
             breached_open = {

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from sla_monitor.adapters.store import Store
+from sla_monitor.adapters.sql import SqlStore
 from sla_monitor.bootstrap import build_app
 from sla_monitor.config import Config
 from sla_monitor.domain.events import Channel
+from sla_monitor.entrypoints.http import MetricsServer
 from sla_monitor.service_layer.clock import FixedClock
 from sla_monitor.service_layer.monitor import Monitor
 from sla_monitor.service_layer.recompute import report
@@ -103,7 +104,7 @@ def test_pages_duplicates_and_order_end_to_end(tmp_path: Path, shipped_config: C
     # the last page is read again until the API gives a newer cursor: nothing new, only
     # duplicates, which the store drops
     assert {e.event_id for e in again.events} <= {e.event_id for e in result.events}
-    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store = SqlStore(f"sqlite:///{tmp_path / 's.db'}")
     store.migrate()
     monitor = Monitor(store, shipped_config, FixedClock(NOW))
     monitor.load()
@@ -180,7 +181,9 @@ def test_runtime_backs_off_per_retry_after_and_on_auth_errors(tmp_path: Path) ->
       map: {{event_id: id, conversation_id: thread.id, occurred_at: ts, kind: type, queue: q}}
 """
         )
-        app = build_app(str(config), f"sqlite:///{tmp_path / 'db.sqlite'}", "127.0.0.1:0")
+        app = build_app(
+            str(config), f"sqlite:///{tmp_path / 'db.sqlite'}", "127.0.0.1:0", serve=MetricsServer
+        )
         app.start()
         try:
             job = app.scheduler.get_job("poll:social")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sla_monitor.adapters.store import Store
+from sla_monitor.adapters.sql import SqlStore
 from sla_monitor.config import Config
 from sla_monitor.service_layer.clock import FixedClock
 from sla_monitor.service_layer.monitor import Monitor
@@ -209,7 +209,7 @@ def test_mailbox_end_to_end(dovecot: Dovecot, tmp_path: Path, shipped_config: Co
     assert late.conversation_id == "<c2@example.org>"  # via In-Reply-To to the auto-reply
     assert src.poll(second.cursor, NOW).events == []
 
-    store = Store(f"sqlite:///{tmp_path / 'mail.db'}")
+    store = SqlStore(f"sqlite:///{tmp_path / 'mail.db'}")
     store.migrate()
     monitor = Monitor(store, shipped_config, FixedClock(NOW))
     monitor.load()
@@ -370,7 +370,7 @@ def test_moving_a_thread_to_the_done_folder_solves_it(
     src = imap(
         dovecot, inbox="DoneIn", sent="DoneSent", extra_folders=[], done_folders=["DoneArchive"]
     )
-    store = Store(f"sqlite:///{tmp_path / 'done.db'}")
+    store = SqlStore(f"sqlite:///{tmp_path / 'done.db'}")
     store.migrate()
     clock = FixedClock(T0 + timedelta(minutes=40))
     monitor = Monitor(store, shipped_config, clock)

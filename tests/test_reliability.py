@@ -18,11 +18,12 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 
-from sla_monitor.adapters.store import EVENTS, REJECTED, Store
+from sla_monitor.adapters.sql import EVENTS, REJECTED, SqlStore
 from sla_monitor.bootstrap import build_app
 from sla_monitor.config import Config
 from sla_monitor.domain.engine import ContactEvaluation, TargetResult
 from sla_monitor.domain.timeutil import iso
+from sla_monitor.entrypoints.http import MetricsServer
 from sla_monitor.publishing.metrics import MonitorCollector
 from sla_monitor.service_layer.clock import FixedClock
 from sla_monitor.service_layer.monitor import Monitor
@@ -49,15 +50,15 @@ class Pages:
         return [c for c, state, prev in self.seen if state == "breached" and prev != "breached"]
 
 
-class FlakyStore(Store):
+class FlakyStore(SqlStore):
     """A real store whose next `fail_commits` transactions fail at COMMIT (and roll back)."""
 
     fail_commits = 0
 
     @contextmanager
     def begin(self) -> Iterator[Any]:
-        with self.engine.begin() as conn:
-            yield conn
+        with super().begin() as tx:
+            yield tx
             if self.fail_commits:
                 self.fail_commits -= 1
                 raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
@@ -72,7 +73,7 @@ def counters(m: Monitor) -> dict[str, Any]:
 
 
 def stored_counters(url: str, config: Config) -> dict[str, Any]:
-    store = Store(url)
+    store = SqlStore(url)
     fresh = Monitor(store, config, FixedClock(T))
     fresh.load()
     store.close()
@@ -87,7 +88,7 @@ def test_deadline_due_during_a_postgres_outage_is_judged_and_paged_when_it_retur
     own_postgres: PostgresServer, shipped_config: Config
 ) -> None:
     url = own_postgres.new_database()
-    store = Store(url)
+    store = SqlStore(url)
     store.migrate()
     clock = FixedClock(T)
     pages = Pages()
@@ -219,8 +220,8 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def rejected_by_reason(url: str) -> dict[tuple[str, str], int]:
-    store = Store(url)
-    with store.begin() as conn:
+    store = SqlStore(url)
+    with store.engine.begin() as conn:
         rows = conn.execute(select(REJECTED.c.source, REJECTED.c.reason)).all()
     store.close()
     out: dict[tuple[str, str], int] = {}
@@ -230,8 +231,8 @@ def rejected_by_reason(url: str) -> dict[tuple[str, str], int]:
 
 
 def stored_ids(url: str) -> set[str]:
-    store = Store(url)
-    with store.begin() as conn:
+    store = SqlStore(url)
+    with store.engine.begin() as conn:
         ids = {r[0] for r in conn.execute(select(EVENTS.c.event_id))}
     store.close()
     return ids
@@ -261,7 +262,7 @@ def test_the_first_copy_of_an_event_stands_however_the_input_is_split(
     first = ev("customer_message", T, conv="c1", event_id="dup", customer="ann")
     second = ev("customer_message", T, conv="c1", event_id="dup", customer="bob")
     for split in (False, True):
-        store = Store(f"sqlite:///{tmp_path / f'split{split}.db'}")
+        store = SqlStore(f"sqlite:///{tmp_path / f'split{split}.db'}")
         store.migrate()
         m = Monitor(store, shipped_config, FixedClock(T))
         m.load()
@@ -270,7 +271,7 @@ def test_the_first_copy_of_an_event_stands_however_the_input_is_split(
             m.ingest("s", [second])
         else:
             m.ingest("s", [first, second])
-        with store.begin() as conn:
+        with store.engine.begin() as conn:
             customers = [r[0] for r in conn.execute(select(EVENTS.c.customer_id))]
         assert customers == ["ann"], split
         assert counters(m)["rejected"] == {("s", "conflicting_duplicate"): 1}
@@ -293,7 +294,11 @@ def test_run_stores_the_lines_after_a_poison_line_and_becomes_ready(
     tmp_path: Path, db_url: str
 ) -> None:
     path = poison_file(tmp_path / "events.jsonl")
-    app = build_app(str(_jsonl_config(tmp_path, db_url, path=str(path))), listen="127.0.0.1:0")
+    app = build_app(
+        str(_jsonl_config(tmp_path, db_url, path=str(path))),
+        listen="127.0.0.1:0",
+        serve=MetricsServer,
+    )
     try:
         app.monitor.load()
         app.poll("mail")
@@ -317,7 +322,11 @@ def test_a_database_outage_shows_in_readiness_and_source_health(
     url = own_postgres.new_database()
     events = tmp_path / "events.jsonl"
     events.write_text(_line(occurred_at=iso(datetime.now(UTC))) + "\n")
-    app = build_app(str(_jsonl_config(tmp_path, url, path=str(events))), listen="127.0.0.1:0")
+    app = build_app(
+        str(_jsonl_config(tmp_path, url, path=str(events))),
+        listen="127.0.0.1:0",
+        serve=MetricsServer,
+    )
     collector = MonitorCollector(app.monitor)
 
     def up() -> float:
@@ -462,7 +471,7 @@ def test_an_event_far_in_the_future_does_not_pin_a_latest_event_watermark(
         + "\n"
     )
     cfg = _jsonl_config(tmp_path, db_url, path=str(path), watermark="latest_event")
-    app = build_app(str(cfg), listen="127.0.0.1:0")
+    app = build_app(str(cfg), listen="127.0.0.1:0", serve=MetricsServer)
     try:
         app.monitor.load()
         app.poll("mail")
@@ -482,7 +491,9 @@ def test_a_source_only_in_the_store_is_not_reported_down(tmp_path: Path) -> None
     once = tmp_path / "once.jsonl"
     once.write_text(_line(source="oneoff", occurred_at=iso(datetime.now(UTC))) + "\n")
     assert cli("ingest", str(once), "--config", str(SHIPPED_CONFIG), "--db", url).returncode == 0
-    app = build_app(str(_jsonl_config(tmp_path, url, path=str(path))), listen="127.0.0.1:0")
+    app = build_app(
+        str(_jsonl_config(tmp_path, url, path=str(path))), listen="127.0.0.1:0", serve=MetricsServer
+    )
     try:
         app.monitor.load()
         app.poll("mail")
@@ -509,9 +520,9 @@ def test_the_store_refusing_one_event_sets_only_that_event_aside(
 ) -> None:
     """Whatever validation misses, the store's refusal isolates one item, not the batch."""
     url = f"sqlite:///{tmp_path / 'sla.db'}"
-    store = Store(url)
+    store = SqlStore(url)
     store.migrate()
-    with store.begin() as conn:  # a constraint validation cannot know about
+    with store.engine.begin() as conn:  # a constraint validation cannot know about
         conn.execute(
             text(
                 "CREATE TRIGGER no_x BEFORE INSERT ON events WHEN NEW.event_id = 'x' "

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sla_monitor.bootstrap import build_app
 from sla_monitor.domain.timeutil import iso
+from sla_monitor.entrypoints.http import MetricsServer
 
 from .conftest import SHIPPED_CONFIG, free_port
 
@@ -168,7 +169,9 @@ def test_breach_is_published_at_its_deadline_without_a_poll(tmp_path: Path) -> N
 """
     )
     port = free_port()
-    app = build_app(str(config), f"sqlite:///{tmp_path / 'db.sqlite'}", f"127.0.0.1:{port}")
+    app = build_app(
+        str(config), f"sqlite:///{tmp_path / 'db.sqlite'}", f"127.0.0.1:{port}", serve=MetricsServer
+    )
     app.start()
     try:
         url = f"http://127.0.0.1:{port}/metrics"

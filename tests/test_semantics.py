@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sla_monitor.adapters.store import Store
+from sla_monitor.adapters.sql import SqlStore
 from sla_monitor.config import Config
 from sla_monitor.domain.engine import ContactSummary, find_repeats
 from sla_monitor.entrypoints.cli import main
@@ -32,7 +32,7 @@ def test_due_in_seconds_keeps_every_digit(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_explain_as_of_sees_only_what_had_happened(tmp_path: Path, shipped_config: Config) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    store = SqlStore(f"sqlite:///{tmp_path / 'x.db'}")
     store.migrate()
     m = Monitor(store, shipped_config, FixedClock(at(hours=2)))
     m.load()
@@ -56,7 +56,7 @@ def test_a_source_never_read_is_judged_alike_live_replay_report_explain(
     tmp_path: Path, shipped_config: Config
 ) -> None:
     """No watermark: nothing is knowable yet, on every path (no breach is declared)."""
-    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    store = SqlStore(f"sqlite:///{tmp_path / 'x.db'}")
     store.migrate()
     now = at(hours=3)
     m = Monitor(store, shipped_config, FixedClock(now))
@@ -68,7 +68,7 @@ def test_a_source_never_read_is_judged_alike_live_replay_report_explain(
     ex = next(t for t in explained["targets"] if t["target"] == "first_reply")
     replay(store, shipped_config, now)
     with store.begin() as conn:
-        replayed = {r.target: r.state for r in store.targets_for(conn, [("s", "c")])[("s", "c")]}
+        replayed = {r.target: r.state for r in conn.state.targets_for([("s", "c")])[("s", "c")]}
     rep = next(
         r
         for r in report(store, shipped_config, now, None, None)["targets"]
@@ -84,7 +84,7 @@ def test_a_source_never_read_is_judged_alike_live_replay_report_explain(
 def test_a_redial_after_a_short_abandon_is_not_a_repeat(
     tmp_path: Path, shipped_config: Config
 ) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    store = SqlStore(f"sqlite:///{tmp_path / 'x.db'}")
     store.migrate()
     m = Monitor(store, shipped_config, FixedClock(at(minutes=5)))
     m.load()
@@ -157,7 +157,7 @@ def test_a_breach_stands_when_the_priority_changes_and_a_reply_follows(tmp_path:
     """Issue 12, defect 1: urgent 15 s lapses at 15 s; demoting to normal (20 s) and
     replying at 17 s must not turn it into a met target, nor move a counter down."""
     config = _urgent_config(tmp_path)
-    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    store = SqlStore(f"sqlite:///{tmp_path / 'x.db'}")
     store.migrate()
     clock = FixedClock(at(seconds=16))
     m = Monitor(store, config, clock)
@@ -209,7 +209,7 @@ def test_detection_delay_is_measured_on_the_wall_clock(
 
     from sla_monitor.service_layer.clock import SystemClock
 
-    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    store = SqlStore(f"sqlite:///{tmp_path / 'x.db'}")
     store.migrate()
     m = Monitor(store, shipped_config, SystemClock())
     m.load()
@@ -241,7 +241,7 @@ def test_a_breach_made_knowable_by_a_poll_is_timed_from_its_arrival(
     from sla_monitor.service_layer.clock import SystemClock
     from sla_monitor.sources.abc import PollResult
 
-    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    store = SqlStore(f"sqlite:///{tmp_path / 'x.db'}")
     store.migrate()
     m = Monitor(store, shipped_config, SystemClock())
     m.load()
@@ -263,7 +263,7 @@ def test_a_breach_made_knowable_by_a_poll_is_timed_from_its_arrival(
 def test_a_late_event_never_flips_a_decision_only_replay_recomputes(
     tmp_path: Path, shipped_config: Config, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    store = SqlStore(f"sqlite:///{tmp_path / 'x.db'}")
     store.migrate()
     clock = FixedClock(at(hours=2))
     m = Monitor(store, shipped_config, clock)

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from sla_monitor.bootstrap import build_app
+from sla_monitor.entrypoints.http import MetricsServer
 
 from .conftest import ROOT, SHIPPED_CONFIG, free_port
 from .promstack import AM_CONFIG, Alertmanager, Prometheus
@@ -65,7 +66,13 @@ def test_pages_rules_and_dashboards_against_real_prometheus_and_alertmanager(
     am = Alertmanager(AM_CONFIG)
     am.start()
     port = free_port()
-    app = build_app(str(config), f"sqlite:///{tmp_path / 'sla.db'}", f"127.0.0.1:{port}", [am.url])
+    app = build_app(
+        str(config),
+        f"sqlite:///{tmp_path / 'sla.db'}",
+        f"127.0.0.1:{port}",
+        [am.url],
+        serve=MetricsServer,
+    )
     app.start()
     prom = Prometheus(f"""
 global: {{scrape_interval: 1s, evaluation_interval: 1s}}
@@ -99,7 +106,7 @@ scrape_configs:
         source, conversation = labels["contact"].split(":", 1)
         assert page["annotations"]["link"] == LINK.format(conversation_id=conversation)
         with app.store.begin() as conn:
-            contact = app.store.contacts_for(conn, [(source, conversation)])[(source, conversation)]
+            contact = conn.state.contacts_for([(source, conversation)])[(source, conversation)]
         assert (labels["channel"], labels["queue"]) == (contact.channel, contact.queue)
 
         # 2. ... and resolves it after the reply event
@@ -113,7 +120,7 @@ scrape_configs:
         resolved = wait_for("a page to resolve", one_resolved, 90)
         key = tuple(resolved.split("/")[0].split(":", 1))
         with app.store.begin() as conn:
-            events = app.store.events_for(conn, [key])[key]  # type: ignore[list-item]
+            events = conn.events.for_contacts([key])[key]  # type: ignore[list-item]
         target = resolved.split("/")[1]
         closing = {"agent_reply", "auto_reply", "call_answered", "status_changed", "call_abandoned"}
         assert any(e.kind.value in closing for e in events), (target, events)

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from sla_monitor.adapters.store import Store
+from sla_monitor.adapters import sql
+from sla_monitor.adapters.sql import SqlStore
 from sla_monitor.config import Config
 from sla_monitor.service_layer import monitor as monitor_module
 from sla_monitor.service_layer.clock import FixedClock
@@ -18,7 +19,7 @@ from sla_monitor.sources.abc import PollResult, Rejected
 from .helpers import T0, at, ev
 
 
-def make_monitor(store: Store, config: Config, now: object = None) -> Monitor:
+def make_monitor(store: SqlStore, config: Config, now: object = None) -> Monitor:
     m = Monitor(store, config, FixedClock(now or at(hours=3)))  # type: ignore[arg-type]
     m.load()
     return m
@@ -45,14 +46,14 @@ def email_contact(conv: str, customer: str = "cust-1") -> list:  # type: ignore[
     ]
 
 
-def test_migrations_are_idempotent(store: Store) -> None:
+def test_migrations_are_idempotent(store: SqlStore) -> None:
     store.migrate()
     store.migrate()
     with store.begin() as conn:
-        assert store.count_events(conn) == 0
+        assert conn.events.count() == 0
 
 
-def test_duplicate_events_are_stored_once(store: Store, shipped_config: Config) -> None:
+def test_duplicate_events_are_stored_once(store: SqlStore, shipped_config: Config) -> None:
     m = make_monitor(store, shipped_config)
     events = email_contact("A")
     first = m.apply_poll(
@@ -63,12 +64,12 @@ def test_duplicate_events_are_stored_once(store: Store, shipped_config: Config) 
     )
     assert (first.new, again.new) == (2, 0)
     with store.begin() as conn:
-        assert store.count_events(conn) == 2
+        assert conn.events.count() == 2
     assert m.live.ingested[("desk", "customer_message")] == 1
 
 
 def test_cursor_is_saved_with_the_events_or_not_at_all(
-    store: Store, shipped_config: Config, monkeypatch: pytest.MonkeyPatch
+    store: SqlStore, shipped_config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     m = make_monitor(store, shipped_config)
     m.apply_poll(
@@ -78,19 +79,19 @@ def test_cursor_is_saved_with_the_events_or_not_at_all(
     def boom(*_a: object, **_k: object) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(store, "save_evaluations", boom)
+    monkeypatch.setattr(sql._State, "write", boom)
     with pytest.raises(RuntimeError):
         m.apply_poll(
             "desk", "jsonl", PollResult(email_contact("B"), cursor="c2", watermark=at(hours=2)), 0.0
         )
     with store.begin() as conn:
-        assert store.count_events(conn) == 2  # B's events were rolled back ...
-        assert store.load_sources(conn)["desk"].cursor == "c1"  # ... with the cursor
+        assert conn.events.count() == 2  # B's events were rolled back ...
+        assert conn.sources.load()["desk"].cursor == "c1"  # ... with the cursor
     assert m.sources["desk"].cursor == "c1"  # so the next poll reads B again
 
 
 def test_restart_resumes_counters_and_open_targets_without_recompute(
-    store: Store, shipped_config: Config, monkeypatch: pytest.MonkeyPatch
+    store: SqlStore, shipped_config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     m = make_monitor(store, shipped_config, at(minutes=30))
     m.apply_poll(
@@ -118,7 +119,7 @@ def test_restart_resumes_counters_and_open_targets_without_recompute(
 
 
 def test_deadline_wake_breaches_only_after_the_watermark_passes(
-    store: Store, shipped_config: Config
+    store: SqlStore, shipped_config: Config
 ) -> None:
     clock = FixedClock(at(minutes=30))
     m = Monitor(store, shipped_config, clock)
@@ -137,7 +138,7 @@ def test_deadline_wake_breaches_only_after_the_watermark_passes(
     assert m.snapshot()["open_counts"][("email", "billing", "first_reply", "breached")] == 1
 
 
-def test_rejected_items_are_kept_with_their_reason(store: Store, shipped_config: Config) -> None:
+def test_rejected_items_are_kept_with_their_reason(store: SqlStore, shipped_config: Config) -> None:
     m = make_monitor(store, shipped_config)
     bad = Rejected("bad_json", "events.jsonl:3: not valid JSON", "{oops")
     m.apply_poll(
@@ -147,12 +148,12 @@ def test_rejected_items_are_kept_with_their_reason(store: Store, shipped_config:
         0.0,
     )
     with store.begin() as conn:
-        rows = store.rejected(conn)
+        rows = conn.events.rejected()
     assert [(r.source, r.reason, r.payload) for r in rows] == [("desk", "bad_json", "{oops")]
     assert m.live.rejected[("desk", "bad_json")] == 1
 
 
-def test_repeat_contact_is_linked_and_counted(store: Store, shipped_config: Config) -> None:
+def test_repeat_contact_is_linked_and_counted(store: SqlStore, shipped_config: Config) -> None:
     m = make_monitor(store, shipped_config)
     call = [
         ev(
@@ -181,7 +182,7 @@ def test_repeat_contact_is_linked_and_counted(store: Store, shipped_config: Conf
         0.0,
     )
     with store.begin() as conn:
-        assert store.repeat_links(conn, [("desk", "P")]) == {("desk", "P"): ("desk", "A")}
+        assert conn.state.contacts_for([("desk", "P")])[("desk", "P")].repeat_of == ("desk", "A")
     assert m.live.repeats[("phone", "support-line")] == 1
     # order does not matter: the agent reply to A arriving later, dated before the call, unlinks it
     reply = ev("agent_reply", at(minutes=10), conv="A", event_id="A-3", source="desk")
@@ -189,15 +190,17 @@ def test_repeat_contact_is_linked_and_counted(store: Store, shipped_config: Conf
     assert m.live.repeats[("phone", "support-line")] == 0
 
 
-def test_timestamps_round_trip_exactly(store: Store, shipped_config: Config) -> None:
+def test_timestamps_round_trip_exactly(store: SqlStore, shipped_config: Config) -> None:
     m = make_monitor(store, shipped_config)
     e = ev("customer_message", T0 + timedelta(microseconds=123457), conv="Z", source="desk")
     m.apply_poll("desk", "jsonl", PollResult([e], cursor="1", watermark=at(hours=1)), 0.0)
     with store.begin() as conn:
-        assert store.events_for(conn, [("desk", "Z")])[("desk", "Z")] == [e]
+        assert conn.events.for_contacts([("desk", "Z")])[("desk", "Z")] == [e]
 
 
-def test_listeners_hear_a_breach_and_its_late_reply(store: Store, shipped_config: Config) -> None:
+def test_listeners_hear_a_breach_and_its_late_reply(
+    store: SqlStore, shipped_config: Config
+) -> None:
     heard: list[tuple[str, str, bool]] = []
 
     class Recorder:
@@ -217,7 +220,7 @@ def test_listeners_hear_a_breach_and_its_late_reply(store: Store, shipped_config
     assert heard == [("first_reply", "breached", False)]  # still breached, but answered: resolve
 
 
-def test_migrations_build_exactly_the_schema_the_models_declare(store: Store) -> None:
+def test_migrations_build_exactly_the_schema_the_models_declare(store: SqlStore) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
@@ -229,7 +232,7 @@ def test_migrations_build_exactly_the_schema_the_models_declare(store: Store) ->
 
 
 def test_parallel_replay_writes_exactly_what_a_single_process_replay_writes(
-    store: Store, shipped_config: Config, monkeypatch: pytest.MonkeyPatch
+    store: SqlStore, shipped_config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import random
 
@@ -254,7 +257,7 @@ def test_parallel_replay_writes_exactly_what_a_single_process_replay_writes(
     m.apply_poll("s", "jsonl", PollResult(events, cursor="1", watermark=at(days=4)), 0.0)
 
     def state() -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
-        with store.begin() as conn:
+        with store.engine.begin() as conn:
             contacts = conn.exec_driver_sql("SELECT * FROM contacts").fetchall()
             targets = conn.exec_driver_sql("SELECT * FROM targets").fetchall()
         return sorted(map(tuple, contacts), key=repr), sorted(map(tuple, targets), key=repr)
@@ -287,12 +290,12 @@ def test_a_migration_that_stops_half_way_leaves_nothing_behind_on_sqlite(
 
     monkeypatch.setattr(Operations, "create_table", create_then_die)
     with pytest.raises(KeyboardInterrupt):
-        Store(url).migrate()
+        SqlStore(url).migrate()
     monkeypatch.setattr(Operations, "create_table", real)
     engine = sa.create_engine(url)
     with engine.connect() as conn:
         assert sa.inspect(conn).get_table_names() == []  # rolled back whole
     engine.dispose()
-    store = Store(url)
+    store = SqlStore(url)
     store.migrate()  # and the next start migrates cleanly
     store.close()

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sla_monitor.adapters.store import Store
+from sla_monitor.adapters.sql import SqlStore
 from sla_monitor.config import Config
 from sla_monitor.service_layer.clock import FixedClock
 from sla_monitor.service_layer.monitor import Monitor
@@ -292,7 +292,7 @@ def test_a_day_of_tickets_end_to_end(tmp_path: Path, shipped_config: Config) -> 
     ) == ("email", "billing", str(ALICE))
     assert (by_ticket["102"].channel.value, by_ticket["102"].queue) == ("social", "social-care")
 
-    store = Store(f"sqlite:///{tmp_path / 'zd.db'}")
+    store = SqlStore(f"sqlite:///{tmp_path / 'zd.db'}")
     store.migrate()
     monitor = Monitor(store, shipped_config, FixedClock(T0 + timedelta(days=1)))
     monitor.load()
@@ -385,7 +385,7 @@ def test_only_agents_reply_cc_users_ask_merges_notes_and_integrations_do_neither
     roles = json.loads(result.cursor or "{}")["roles"]
     assert roles[str(CAROL)] == "end-user" and roles[str(ADMIN)] == "admin"
 
-    store = Store(f"sqlite:///{tmp_path / 'zd.db'}")
+    store = SqlStore(f"sqlite:///{tmp_path / 'zd.db'}")
     store.migrate()
     monitor = Monitor(store, shipped_config, FixedClock(T0 + timedelta(days=1)))
     monitor.load()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -267,3 +268,22 @@ def event_problem(e: Event, earliest: datetime, latest: datetime) -> tuple[str, 
             f"{iso(earliest)} .. {iso(latest)} (settings: limits)",
         )
     return None
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An item a source could not turn into an event: counted and set aside, never fatal."""
+
+    reason: str  # short label, used in sla_events_rejected_total{reason}
+    detail: str  # what was wrong, and where (file:line, page, item id)
+    payload: str  # the raw item, kept for inspection
+    source: str | None = None  # the source the item names, where it names a usable one
+    ident: str | None = None  # what identifies the item, when `detail` varies between reads
+
+    @property
+    def key(self) -> str:
+        """The same item read again (a re-run, an overlapping page) is the same rejection."""
+        digest = hashlib.sha256()
+        for part in (self.reason, self.ident or self.detail, self.payload):
+            digest.update(part.encode("utf-8", "backslashreplace") + b"\x00")
+        return digest.hexdigest()[:40]

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from sla_monitor import __version__
+from sla_monitor.adapters import open_store
+from sla_monitor.adapters.abc import Store
 from sla_monitor.config import Config, ConfigError, default_config_path, load_config
 from sla_monitor.domain.calendar import CONTINUOUS, CalendarError, TargetClock
 from sla_monitor.domain.events import Event
@@ -103,8 +105,9 @@ def unmatched_sources(config: Config) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from sla_monitor.bootstrap import build_app
+    from sla_monitor.entrypoints.http import MetricsServer
 
-    app = build_app(args.config, args.db, args.listen, args.alertmanager)
+    app = build_app(args.config, args.db, args.listen, args.alertmanager, serve=MetricsServer)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -138,10 +141,10 @@ def _safe_url(url: str) -> str:
         return "(unparseable URL)"
 
 
-def _store(config: Config, args: argparse.Namespace) -> Any:
-    from sla_monitor.bootstrap import open_store
-
-    return open_store(config, args.db)
+def _store(config: Config, args: argparse.Namespace) -> Store:
+    store = open_store(args.db or config.database_url)
+    store.migrate()
+    return store
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -464,8 +467,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def _archive_horizon(config: Config, args: argparse.Namespace, source: str) -> str | None:
     store = _store(config, args)
     try:
-        with store.begin() as conn:
-            us = store.archive_horizons(conn).get(source)
+        with store.begin() as tx:
+            us = tx.archive.horizons().get(source)
     finally:
         store.close()
     return None if us is None else iso(from_micros(us))

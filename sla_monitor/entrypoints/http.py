@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from sla_monitor.config import parse_listen
+
+log = logging.getLogger(__name__)
 
 
 def serve(
@@ -46,3 +51,23 @@ def serve(
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server
+
+
+class MetricsServer:
+    """The runtime's endpoint (service_layer/runtime.py `Endpoint`) on `serve`."""
+
+    def __init__(self, registry: CollectorRegistry, listen: str) -> None:
+        self.registry = registry
+        self.host, self.port = parse_listen(listen)
+        self.server: ThreadingHTTPServer | None = None
+
+    def start(self, healthy: Callable[[], bool], readiness: Callable[[], tuple[bool, str]]) -> None:
+        self.server = serve(self.host, self.port, self.registry, healthy, readiness)
+        self.port = self.server.server_port
+        log.info("serving /metrics, /healthz, /readyz on %s:%d", self.host, self.port)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None

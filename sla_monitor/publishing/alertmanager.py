@@ -26,6 +26,7 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sla_monitor import __version__
+from sla_monitor.adapters.records import AlertingTarget
 from sla_monitor.domain.engine import ContactEvaluation, TargetResult, TargetState
 from sla_monitor.domain.timeutil import format_duration, from_micros, iso
 from sla_monitor.service_layer.clock import Clock
@@ -76,8 +77,10 @@ def facts_from(ev: ContactEvaluation, t: TargetResult) -> AlertFacts:
     )
 
 
-def _facts_of_row(r: Any, severities: Callable[[str | None, str], tuple[str, str]]) -> AlertFacts:
-    """A stored breached or at-risk target (Store.alerting_targets)."""
+def _facts_of_row(
+    r: AlertingTarget, severities: Callable[[str | None, str], tuple[str, str]]
+) -> AlertFacts:
+    """A stored breached or at-risk target (StateRepository.alerting)."""
     lapse, risk = severities(r.rule, r.target)
     return AlertFacts(
         r.source,
@@ -173,7 +176,7 @@ class AlertmanagerPublisher:
             self._dirty = True
             self._cond.notify()
 
-    def load(self, rows: Iterable[Any]) -> None:
+    def load(self, rows: Iterable[AlertingTarget]) -> None:
         """After a restart: what is still breached or at risk is active again (re-sent, not
         a new delivery to measure)."""
         for r in rows:
@@ -181,7 +184,7 @@ class AlertmanagerPublisher:
         with self._cond:
             self._handed.clear()
 
-    def reconcile(self, rows: Iterable[Any]) -> None:
+    def reconcile(self, rows: Iterable[AlertingTarget]) -> None:
         """Make the active set exactly what the store says is breached or at risk (after
         the monitor re-read its memory): what is no longer there is resolved."""
         wanted: dict[AlertKey, AlertFacts] = {}

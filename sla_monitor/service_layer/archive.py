@@ -18,13 +18,13 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from sla_monitor.adapters.store import Store
+from sla_monitor.adapters.abc import Store, Transaction
+from sla_monitor.adapters.records import QuietContact
 from sla_monitor.config import Config
 from sla_monitor.domain.engine import ContactSummary, could_repeat
 from sla_monitor.domain.events import ContactKey, Event
@@ -76,8 +76,8 @@ def archive(
     if path is not None and not path.parent.is_dir():
         raise ArchiveError(f"{path.parent}: no such folder")
     before_us = to_micros(before)
-    with store.begin() as conn:
-        states = store.load_sources(conn)
+    with store.begin() as tx:
+        states = tx.sources.load()
     ready = sorted(
         n for n, s in states.items() if s.watermark is not None and s.watermark >= before
     )
@@ -90,12 +90,12 @@ def archive(
         if sink is not None:
             # the horizon first: from now on an old event of an archived contact is set aside
             # by every poller instead of starting a contact with half its history
-            with store.begin() as conn:
-                run_id = store.start_archive_run(conn, before_us, str(path), to_micros(now), ready)
+            with store.begin() as tx:
+                run_id = tx.archive.start_run(before_us, str(path), to_micros(now), ready)
         last = time.monotonic()
         try:
-            with store.engine.connect() as reader:
-                for chunk in _by_customer(store.quiet_contacts(reader, before_us, ready), batch):
+            with store.read() as reader:
+                for chunk in _by_customer(reader.archive.quiet_contacts(before_us, ready), batch):
                     _archive_chunk(store, chunk, before_us, window, run_id, sink, summary)
                     if progress is not None and time.monotonic() - last >= 1.0:
                         progress(summary.contacts, summary.events)
@@ -109,44 +109,50 @@ def archive(
                 + "; the rest is still stored. Run again with a new --to file to go on."
             ) from exc
         if sink is not None:
-            with store.begin() as conn:
-                store.finish_archive_run(conn, run_id, to_micros(now))
+            with store.begin() as tx:
+                tx.archive.finish_run(run_id, to_micros(now))
     finally:
         if sink is not None:
             sink.close()
     if progress is not None:
         progress(summary.contacts, summary.events)
-    with store.begin() as conn:
-        summary.remaining_before = store.count_opened_before(conn, before_us)
+    with store.begin() as tx:
+        summary.remaining_before = tx.archive.count_opened_before(before_us)
     if sink is None:  # a dry run deleted nothing
         summary.remaining_before -= summary.opened
     return summary
 
 
+class _DryRun(Exception):
+    """Ends a dry run's transaction, rolling it back."""
+
+
 def _archive_chunk(
     store: Store,
-    chunk: list[tuple[str, str, str | None]],
+    chunk: list[QuietContact],
     before_us: int,
     window: timedelta,
     run_id: int,
     sink: _ArchiveFile | None,
     summary: ArchiveSummary,
 ) -> None:
-    # a dry run reads the same way in a transaction it never commits
-    txn: AbstractContextManager[Any] = store.begin() if sink is not None else store.engine.connect()
-    with txn as conn:
-        # re-checked inside the writing transaction: an event may have arrived since
-        quiet = {
-            (s, c) for s, c, _ in store.quiet_contacts(conn, before_us, (), [k[:2] for k in chunk])
-        }
-        customers = {cust for s, c, cust in chunk if cust and (s, c) in quiet}
-        linked = _linked_to_staying(store, conn, customers, quiet, window)
-        keys = [(s, c) for s, c, _ in chunk if (s, c) in quiet and (s, c) not in linked]
-        summary.kept_linked += len(linked)
-        if not keys:
-            return
-        write = sink.write if sink is not None else (lambda _events: None)
-        events, targets, opened = store.archive_contacts(conn, keys, run_id, write)
+    try:
+        with store.begin() as tx:
+            # re-checked inside the writing transaction: an event may have arrived since
+            keys_in = [(q.source, q.conversation_id) for q in chunk]
+            quiet = {(q[0], q[1]) for q in tx.archive.quiet_contacts(before_us, (), keys_in)}
+            customers = {q.customer_id for q in chunk if q.customer_id and q[:2] in quiet}
+            linked = _linked_to_staying(tx, customers, quiet, window)
+            keys = [k for k in keys_in if k in quiet and k not in linked]
+            summary.kept_linked += len(linked)
+            if not keys:
+                return
+            write = sink.write if sink is not None else (lambda _events: None)
+            events, targets, opened = tx.archive.archive(keys, run_id, write)
+            if sink is None:
+                raise _DryRun  # a dry run does the same work in a transaction it rolls back
+    except _DryRun:
+        pass
     summary.contacts += len(keys)
     summary.opened += opened
     summary.events += events
@@ -154,8 +160,7 @@ def _archive_chunk(
 
 
 def _linked_to_staying(
-    store: Store,
-    conn: Any,
+    tx: Transaction,
     customers: set[str],
     quiet: set[ContactKey],
     window: timedelta,
@@ -166,7 +171,7 @@ def _linked_to_staying(
     later to earlier contacts, so one pass from a customer's latest contact back decides."""
     keep: set[ContactKey] = set()
     by_customer: dict[str, list[ContactSummary]] = {}
-    for s in store.summaries_for_customers(conn, customers):
+    for s in tx.state.summaries_for_customers(customers):
         if s.opened_at is not None and s.customer_id:
             by_customer.setdefault(s.customer_id, []).append(s)
     for group in by_customer.values():
@@ -184,11 +189,9 @@ def _linked_to_staying(
     return keep
 
 
-def _by_customer(
-    rows: Iterable[tuple[str, str, str | None]], size: int
-) -> Iterator[list[tuple[str, str, str | None]]]:
+def _by_customer(rows: Iterable[QuietContact], size: int) -> Iterator[list[QuietContact]]:
     """Chunks of about `size` contacts that never split one customer's contacts."""
-    chunk: list[tuple[str, str, str | None]] = []
+    chunk: list[QuietContact] = []
     for row in rows:
         if len(chunk) >= size and (row[2] is None or row[2] != chunk[-1][2]):
             yield chunk

@@ -157,6 +157,17 @@ class LiveState:
             heap = self._oldest.setdefault((target.channel, target.queue, target.target), [])
             heapq.heappush(heap, (target.started_us, key))
 
+    def forget_contacts(self) -> None:
+        """Drop everything counted from contact state (a replica that does not lead)."""
+        self.open.clear()
+        self.open_counts.clear()
+        self._oldest.clear()
+        self.outcomes.clear()
+        self.opened.clear()
+        self.repeats.clear()
+        self.unmatched.clear()
+        self.responses.clear()
+
     def oldest(self) -> dict[tuple[str, str, str], int]:
         """Start of the longest-waiting open target per label set (amortized O(1) per scrape)."""
         out = {}

@@ -6,7 +6,6 @@ All state changes happen under one lock; source I/O happens outside it.
 
 from __future__ import annotations
 
-import heapq
 import json
 import logging
 import sys
@@ -20,7 +19,6 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, ParamSpec, Protocol
 
-from sqlalchemy import Connection
 from sqlalchemy.exc import (
     DataError,
     DBAPIError,
@@ -32,28 +30,29 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from sla_monitor.adapters.store import NO_PRIORITY, ClusterStore, SourceState, Store, decided_of
+from sla_monitor.adapters.abc import Store, Transaction
+from sla_monitor.adapters.records import (
+    ContactRecord,
+    SourceState,
+    decided_of,
+    evaluation_records,
+)
 from sla_monitor.config import Config
 from sla_monitor.domain.engine import (
     ContactEvaluation,
     Outcome,
     TargetResult,
-    TargetState,
     evaluate_contact,
     find_repeats,
     read_until,
 )
-from sla_monitor.domain.events import ContactKey, Event, event_problem
+from sla_monitor.domain.events import ContactKey, Event, Rejected, event_problem
 from sla_monitor.domain.timeutil import from_micros, iso, to_micros
+from sla_monitor.service_layer.aggregates import Labels, TargetChange, diff
 from sla_monitor.service_layer.clock import Clock
-from sla_monitor.service_layer.live import (
-    DEFAULT_BUCKETS,
-    LiveState,
-    OpenTarget,
-    SourceHealth,
-    TargetKey,
-)
-from sla_monitor.sources.abc import PollResult, Rejected
+from sla_monitor.service_layer.deadlines import DeadlineIndex
+from sla_monitor.service_layer.live import DEFAULT_BUCKETS, LiveState, OpenTarget, SourceHealth
+from sla_monitor.sources.abc import PollResult
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -67,24 +66,8 @@ class TargetListener(Protocol):
     ) -> None: ...
 
 
-@dataclass(frozen=True)
-class _Row:
-    """A target row's contribution to the live aggregates."""
-
-    channel: str
-    queue: str
-    priority: str
-    target: str
-    state: str
-    outcome: str | None
-    is_open: bool
-    started_us: int
-    response_seconds: float | None
-
-
 @dataclass
 class IngestSummary:
-    received: int = 0
     new: int = 0
     rejected: int = 0  # items set aside by this call (also ones already set aside before)
     contacts: int = 0
@@ -146,15 +129,13 @@ class Monitor:
         self.live = LiveState(buckets)
         self.lock = threading.RLock()
         self.sources: dict[str, SourceState] = {}
-        self._wake_heap: list[tuple[int, ContactKey]] = []
-        self._wake_at: dict[ContactKey, int] = {}
-        self._awaiting: dict[str, list[tuple[int, ContactKey]]] = {}
+        self.deadlines = DeadlineIndex()
         self.started_wall = time.time()  # breaches knowable before this are history
         self.ready = False
         self.on_wake_change: Callable[[datetime | None], None] | None = None
         # cluster mode (docs/scaling.md): polls only store events and mark their contacts;
-        # the leader evaluates. None: one process does everything inline.
-        self.cluster: ClusterStore | None = None
+        # the leader evaluates. Otherwise one process does everything inline.
+        self.clustered = False
         self.replica_id = ""
         self.exports_contacts = True  # the leader's (or the only process's) metrics
         self.owned_sources: set[str] | None = None  # sources whose metrics this replica exports
@@ -177,63 +158,56 @@ class Monitor:
         live = LiveState(old.buckets)
         live.detection_delay = old.detection_delay
         live.series = set(old.series)
-        wake_heap: list[tuple[int, ContactKey]] = []
-        wake_at: dict[ContactKey, int] = {}
-        awaiting: dict[str, list[tuple[int, ContactKey]]] = {}
-        with self.lock, self.store.begin() as conn:
-            sources = self.store.load_sources(conn)
+        deadlines = DeadlineIndex()
+        with self.lock, self.store.begin() as tx:
+            sources = tx.sources.load()
             for name, h in old.sources.items():  # configured sources keep their health
                 live.sources[name] = SourceHealth(**vars(h))
             for name, s in sources.items():
                 health = live.sources.setdefault(name, SourceHealth(name, s.kind))
                 health.watermark = s.watermark
                 health.last_success = s.last_success
-            for key, n in self.store.outcome_counts(conn):
+            for key, n in tx.counters.outcomes():
                 live.outcomes[key] = n
-            for key, n in self.store.opened_counts(conn):
+            for key, n in tx.counters.opened():
                 live.opened[key] = n
-            for key, n in self.store.repeat_counts(conn):
+            for key, n in tx.counters.repeats():
                 live.repeats[key] = n
-            for key, n in self.store.unmatched_counts(conn):
+            for key, n in tx.counters.unmatched():
                 live.unmatched[key] = n
-            for key, n in self.store.ingested_counts(conn):
+            for key, n in tx.counters.ingested():
                 live.ingested[key] = n
-            for key, n in self.store.rejected_counts(conn):
+            for key, n in tx.counters.rejected():
                 live.rejected[key] = n
-            for key, n in self.store.poll_counts(conn):
+            for key, n in tx.counters.polls():
                 live.polls[key] = n
-            for key, n in self.store.skipped_counts(conn):
+            for key, n in tx.counters.skipped():
                 live.skipped[key] = n
-            for key, n in self.store.late_counts(conn):
+            for key, n in tx.counters.late():
                 live.late[key] = n
-            for ch, q, tg, v in self.store.response_times(conn):
+            for ch, q, tg, v in tx.counters.response_times():
                 live.response(ch, q, tg, v)
-            for ch, q, tg, v, n, total in self.store.carried_responses(conn):
+            for ch, q, tg, v, n, total in tx.counters.carried_responses():
                 live.response(ch, q, tg, v, n, total)
             for ch, q, _p in live.opened:  # queues now only in archives keep their zeros
                 live.series.add((ch, q))
-            for _src, ch, q in self.store.queues_seen(conn):
+            for _src, ch, q in tx.counters.queues_seen():
                 live.series.add((ch, q))
             # share one key object per contact between the gauges and the deadline index:
             # with a million open targets, every copied string costs tens of megabytes
             contacts: dict[ContactKey, ContactKey] = {}
-            for r in self.store.open_targets(conn):
+            for r in tx.state.open_targets():
                 ck = (sys.intern(r.source), r.conversation_id)
                 ck = contacts.setdefault(ck, ck)
                 live.set_open(
                     (ck[0], ck[1], sys.intern(r.target), r.seq),
                     OpenTarget.of(r.channel, r.queue, r.target, r.state, r.started_us),
                 )
-            pending = list(self.store.pending_wakes(conn))
+            pending = list(tx.state.pending_wakes())
             for name, state in self.sources.items():  # declared, not stored yet
                 sources.setdefault(name, state)
             self.sources = sources
-            self.live, self._wake_heap, self._wake_at, self._awaiting = (
-                live,
-                wake_heap,
-                wake_at,
-                awaiting,
-            )
+            self.live, self.deadlines = live, deadlines
             for src, conv, wake_us, awaiting_us in pending:
                 ck = (sys.intern(src), conv)
                 self._schedule(contacts.get(ck, ck), wake_us, awaiting_us)
@@ -254,19 +228,19 @@ class Monitor:
     # -- transactions -----------------------------------------------------------------------
 
     @contextmanager
-    def _transaction(self) -> Iterator[Connection]:
+    def _transaction(self) -> Iterator[Transaction]:
         """One store transaction whose in-memory consequences (registered with `_defer`)
         apply only once it has committed; on rollback, `_undo` actions restore memory."""
         assert self._tx is None, "transactions do not nest"
-        tx = self._tx = _Pending()
+        pending = self._tx = _Pending()
         body_done = False
         try:
-            with self.store.begin() as conn:
-                yield conn
+            with self.store.begin() as tx:
+                yield tx
                 body_done = True
         except BaseException as exc:
             self._tx = None
-            for undo in reversed(tx.on_rollback):
+            for undo in reversed(pending.on_rollback):
                 undo()
             if isinstance(exc, _Probe):
                 raise
@@ -277,7 +251,7 @@ class Monitor:
             raise
         self._tx = None
         self._store_reachable()
-        for change in tx.on_commit:
+        for change in pending.on_commit:
             change()
         if self._in_doubt:
             try:
@@ -322,13 +296,13 @@ class Monitor:
         if self.on_resync is not None:
             self.on_resync()
 
-    def _save_unsaved_polls(self, conn: Connection) -> None:
+    def _save_unsaved_polls(self, tx: Transaction) -> None:
         """Poll failures seen while the store was away are counted with the next commit."""
         if not self._unsaved_polls:
             return
         counted = dict(self._unsaved_polls)
         for (source, result), n in counted.items():
-            self.store.count_poll(conn, source, result, n)
+            tx.counters.count_poll(source, result, n)
         self._defer(self._polls_saved, counted)
 
     def _polls_saved(self, counted: dict[tuple[str, str], int]) -> None:
@@ -346,15 +320,17 @@ class Monitor:
         re-evaluate what it touched."""
         with self.lock:
             now = self.clock.now()
-            state = replace(self.sources.get(source) or SourceState(source, kind))
-            state.cursor = result.cursor
-            state.last_success = now
+            state = replace(
+                self.sources.get(source) or SourceState(source, kind),
+                cursor=result.cursor,
+                last_success=now,
+            )
             # a source cannot vouch beyond the instants it may deliver (limits.future)
             mark = result.watermark
             if mark is not None:
                 mark = min(mark, now + self.future)
             if mark is not None and (state.watermark is None or mark > state.watermark):
-                state.watermark = mark
+                state = replace(state, watermark=mark)
             summary = self._ingest(
                 source, result.events, result.rejected, state, now, "ok", result.skipped
             )
@@ -377,8 +353,8 @@ class Monitor:
             if self.store_error is not None:
                 return  # the store is away: counted with the first commit once it is back
             try:
-                with self._transaction() as conn:
-                    self._save_unsaved_polls(conn)
+                with self._transaction() as tx:
+                    self._save_unsaved_polls(tx)
             except Exception as exc:
                 if not store_unreachable(exc):
                     raise
@@ -392,9 +368,9 @@ class Monitor:
     ) -> IngestSummary:
         """One-shot import (the `ingest` command): the same path as a poll."""
         with self.lock:
-            state = replace(self.sources.get(source) or SourceState(source, "ingest"))
+            state = self.sources.get(source) or SourceState(source, "ingest")
             if watermark is not None and (state.watermark is None or watermark > state.watermark):
-                state.watermark = watermark
+                state = replace(state, watermark=watermark)
             return self._ingest(source, events, rejected, state, self.clock.now(), None)
 
     def _screen(
@@ -455,7 +431,6 @@ class Monitor:
             summary = self._store_batch(
                 source, keep, [*rejected, *set_aside], state, now, poll_result, skipped=skipped
             )
-        summary.received = len(events)
         return summary
 
     def _find_refused(
@@ -510,42 +485,40 @@ class Monitor:
         )
         previous = self.sources.get(source)
         summary = IngestSummary()
-        with self._transaction() as conn:
+        with self._transaction() as tx:
             # evaluation below reads the new watermark; a rollback puts the old one back
             self.sources[source] = state
             self._undo(lambda: self._restore_source(source, previous))
             if advanced:  # breaches this poll makes knowable are knowable from now
                 self._defer(_watermark_advanced, health, state.watermark, arrived)
-            self._save_unsaved_polls(conn)
-            events, archived = self._set_aside_archived(conn, events)
-            new = self.store.add_events(conn, events, now_us)
+            self._save_unsaved_polls(tx)
+            events, archived = self._set_aside_archived(tx, events)
+            new = tx.events.add(events, now_us)
             read_before = previous.watermark if previous is not None else None
             late = [e for e in new if read_before is not None and e.occurred_at < read_before]
             if late and read_before is not None:  # it had vouched for everything up to there
-                self.store.count_late(conn, source, len(late))
+                tx.counters.count_late(source, len(late))
                 self._defer(self._late, source, late, read_before)
-            conflicts = self._stored_conflicts(conn, source, events, new)
+            conflicts = self._stored_conflicts(tx, source, events, new)
             all_rejected = [*rejected, *archived, *conflicts]
-            fresh = self.store.add_rejected(conn, source, all_rejected, now_us)
-            self.store.save_source(conn, state)
+            fresh = tx.events.reject(source, all_rejected, now_us)
+            tx.sources.save(state)
             if poll_result:
-                self.store.count_poll(conn, source, poll_result)
+                tx.counters.count_poll(source, poll_result)
             if skipped:
-                self.store.count_skipped(conn, source, dict(skipped))
+                tx.counters.count_skipped(source, dict(skipped))
                 self._defer(_count_all, self.live.skipped, source, dict(skipped))
             keys = {e.contact_key for e in new}
             if advanced:
                 assert state.watermark is not None
                 keys |= self._released(source, to_micros(state.watermark))
-            if self.cluster is not None and poll_result:
+            if self.clustered and poll_result:
                 # fenced: a replica that lost the source's lease stores nothing
-                self.cluster.fence(
-                    conn, f"source:{source}", self.replica_id, to_micros(datetime.now(UTC))
-                )
-                self.cluster.mark_dirty(conn, keys)
+                tx.cluster.fence(f"source:{source}", self.replica_id, to_micros(datetime.now(UTC)))
+                tx.cluster.mark_dirty(keys)
                 evaluated = 0
             else:
-                evaluated = self._evaluate(conn, keys, now, new)
+                evaluated = self._evaluate(tx, keys, now, new)
             self._defer(self._stored, source, new, fresh, poll_result)
             if probe:
                 raise _Probe
@@ -590,7 +563,7 @@ class Monitor:
             live.polls[(source, poll_result)] += 1
 
     def _stored_conflicts(
-        self, conn: Connection, source: str, events: Sequence[Event], new: list[Event]
+        self, tx: Transaction, source: str, events: Sequence[Event], new: list[Event]
     ) -> list[Rejected]:
         """Events already stored under the same id with other content: the stored copy
         stands (outcomes may rest on it); the new one is set aside as a conflict."""
@@ -598,7 +571,7 @@ class Monitor:
             return []
         fresh = {e.dedup_key for e in new}
         again = [e for e in events if e.dedup_key not in fresh]
-        stored = self.store.stored_copies(conn, again)
+        stored = tx.events.stored_copies(again)
         return [
             _rejected(source, e, "conflicting_duplicate", _differs(stored[e.dedup_key], e))
             for e in again
@@ -606,12 +579,12 @@ class Monitor:
         ]
 
     def _set_aside_archived(
-        self, conn: Connection, events: Sequence[Event]
+        self, tx: Transaction, events: Sequence[Event]
     ) -> tuple[Sequence[Event], list[Rejected]]:
         """Events older than their source's archive horizon whose contact is not stored: a
         re-delivered event of an archived contact (storing it would count it again and judge
         the contact on part of its history) or history that arrived after the archive."""
-        horizons = self.store.archive_horizons(conn)
+        horizons = tx.archive.horizons()
         if not horizons:
             return events, []
         old = [
@@ -621,7 +594,7 @@ class Monitor:
         ]
         if not old:
             return events, []
-        stored = self.store.stored_contacts(conn, {e.contact_key for e in old})
+        stored = tx.events.contacts_stored({e.contact_key for e in old})
         aside = {e.dedup_key: e for e in old if e.contact_key not in stored}
         if not aside:
             return events, []
@@ -643,37 +616,27 @@ class Monitor:
     def reset_contacts(self) -> None:
         """Forget contact state (a replica that is not, or no longer, the leader)."""
         with self.lock:
-            live = self.live
-            live.open.clear()
-            live.open_counts.clear()
-            live._oldest.clear()
-            live.outcomes.clear()
-            live.opened.clear()
-            live.repeats.clear()
-            live.unmatched.clear()
-            live.responses.clear()
-            self._wake_heap.clear()
-            self._wake_at.clear()
-            self._awaiting.clear()
+            self.live.forget_contacts()
+            self.deadlines.clear()
 
     def adopt_source(self, source: str, kind: str) -> None:
         """This replica now polls `source`: resume from its stored cursor and counters."""
-        assert self.cluster is not None
-        with self.lock, self.store.begin() as conn:
-            state = self.store.load_sources(conn).get(source) or SourceState(source, kind)
-            counts = self.cluster.source_counts(conn, source)
+        assert self.clustered
+        with self.lock, self.store.begin() as tx:
+            state = tx.sources.load().get(source) or SourceState(source, kind)
+            counts = tx.counters.source_counts(source)
         self.sources[source] = state
         live = self.live
-        for counter, name in (
-            (live.ingested, "ingested"),
-            (live.rejected, "rejected"),
-            (live.polls, "polls"),
-            (live.skipped, "skipped"),
-            (live.late, "late"),
+        for counter, stored in (
+            (live.ingested, counts.ingested),
+            (live.rejected, counts.rejected),
+            (live.polls, counts.polls),
+            (live.skipped, counts.skipped),
+            (live.late, counts.late),
         ):
             for key in [k for k in counter if k[0] == source]:
                 del counter[key]
-            for key, n in counts[name]:
+            for key, n in stored:
                 counter[key] += n  # stored rows plus what archived rows carried
         health = live.sources.setdefault(source, SourceHealth(source, kind))
         health.watermark, health.last_success = state.watermark, state.last_success
@@ -681,13 +644,13 @@ class Monitor:
     def sync(self) -> int:
         """The leader's loop: evaluate contacts other replicas stored events for, and those
         a source's advanced watermark makes judgeable (one fenced transaction)."""
-        assert self.cluster is not None
+        assert self.clustered
         with self.lock:
             now = self.clock.now()
-            with self._transaction() as conn:
-                self.cluster.fence(conn, "leader", self.replica_id, to_micros(datetime.now(UTC)))
+            with self._transaction() as tx:
+                tx.cluster.fence("leader", self.replica_id, to_micros(datetime.now(UTC)))
                 keys: set[ContactKey] = set()
-                for name, stored in self.store.load_sources(conn).items():
+                for name, stored in tx.sources.load().items():
                     mine = self.sources.get(name)
                     if stored.watermark is None:
                         continue
@@ -699,55 +662,40 @@ class Monitor:
                         )
                         self._undo(partial(self._restore_source, name, mine))
                         keys |= self._released(name, to_micros(stored.watermark))
-                seen = self.cluster.dirty(conn, 5000)
+                seen = tx.cluster.dirty(5000)
                 keys |= set(seen)
-                done = self._evaluate(conn, keys, now)
-                self.cluster.clear_dirty(conn, seen)
+                done = self._evaluate(tx, keys, now)
+                tx.cluster.clear_dirty(seen)
             self.store.wrote(done)
             self._notify_wake()
             return done
 
     def _released(self, source: str, watermark_us: int) -> set[ContactKey]:
-        heap = self._awaiting.get(source, [])
-        popped = []
-        while heap and heap[0][0] < watermark_us:  # read past the deadline
-            popped.append(heapq.heappop(heap))
+        popped = self.deadlines.release(source, watermark_us)
         if popped:
-            self._undo(partial(_push_all, heap, popped))
+            self._undo(partial(self.deadlines.unrelease, source, popped))
         return {key for _at, key in popped}
 
     # -- deadlines ------------------------------------------------------------------------
 
     def next_wake(self) -> datetime | None:
         with self.lock:
-            heap = self._wake_heap
-            while heap and self._wake_at.get(heap[0][1]) != heap[0][0]:
-                heapq.heappop(heap)  # superseded entry
-            return from_micros(heap[0][0]) if heap else None
+            at = self.deadlines.next()
+            return from_micros(at) if at is not None else None
 
     def wake(self) -> int:
         """Re-evaluate the contacts whose warning point or deadline has come. If the store
         fails, they stay due (and are judged by the next wake that reaches it)."""
         with self.lock:
             now = self.clock.now()
-            now_us = to_micros(now)
-            due: dict[ContactKey, int] = {}
-            heap = self._wake_heap
-            while heap and heap[0][0] <= now_us:
-                at, key = heapq.heappop(heap)
-                if self._wake_at.get(key) == at:
-                    del self._wake_at[key]
-                    due[key] = at
+            due = self.deadlines.pop_due(to_micros(now))
             try:
                 if due or self._unsaved_polls:
-                    with self._transaction() as conn:
-                        self._save_unsaved_polls(conn)
-                        self._evaluate(conn, set(due), now)
+                    with self._transaction() as tx:
+                        self._save_unsaved_polls(tx)
+                        self._evaluate(tx, set(due), now)
             except Exception as exc:
-                for key, at in due.items():  # still due: never dropped
-                    if key not in self._wake_at:
-                        self._wake_at[key] = at
-                        heapq.heappush(heap, (at, key))
+                self.deadlines.put_back(due)  # still due: never dropped
                 if store_unreachable(exc) or len(due) < 2:
                     raise
                 self._wake_one_by_one(due, now)
@@ -759,8 +707,8 @@ class Monitor:
         on its own, so one contact that cannot be evaluated never holds up the others."""
         for key, at in sorted(due.items()):
             try:
-                with self._transaction() as conn:
-                    self._evaluate(conn, {key}, now)
+                with self._transaction() as tx:
+                    self._evaluate(tx, {key}, now)
             except Exception as exc:
                 if store_unreachable(exc):
                     raise
@@ -770,24 +718,12 @@ class Monitor:
                     key[1],
                     _reason(exc),
                 )
-                retry = max(at, to_micros(now)) + 60_000_000
-                self._wake_at[key] = retry
-                heapq.heappush(self._wake_heap, (retry, key))
+                self.deadlines.at(key, max(at, to_micros(now)) + 60_000_000)
 
     def _schedule(self, key: ContactKey, wake_us: int | None, awaiting_us: int | None) -> None:
-        if wake_us is None:
-            self._wake_at.pop(key, None)
-        elif self._wake_at.get(key) != wake_us:
-            self._wake_at[key] = wake_us
-            heapq.heappush(self._wake_heap, (wake_us, key))
-        if awaiting_us is not None:
-            state = self.sources.get(key[0])
-            wm = to_micros(state.watermark) if state and state.watermark else None
-            heapq.heappush(self._awaiting.setdefault(key[0], []), (awaiting_us, key))
-            if wm is not None and wm > awaiting_us:
-                # watermark already past: evaluate at once
-                self._wake_at[key] = awaiting_us
-                heapq.heappush(self._wake_heap, (awaiting_us, key))
+        state = self.sources.get(key[0])
+        wm = to_micros(state.watermark) if state and state.watermark else None
+        self.deadlines.schedule(key, wake_us, awaiting_us, wm)
 
     def _notify_wake(self) -> None:
         if self.on_wake_change is not None:
@@ -801,25 +737,24 @@ class Monitor:
 
     def _evaluate(
         self,
-        conn: Connection,
+        tx: Transaction,
         keys: set[ContactKey],
         now: datetime,
         new_events: Sequence[Event] = (),
     ) -> int:
         """Re-evaluate these contacts. `new_events` are the events just stored: a contact
-        with no row yet has exactly those, so its events need not be read back."""
+        with no record yet has exactly those, so its events need not be read back."""
         if not keys:
             return 0
         ordered = sorted(keys)
-        store, live = self.store, self.live
-        old_contacts = store.contacts_for(conn, ordered)
+        old_contacts = tx.state.contacts_for(ordered)
         known = [k for k in ordered if k in old_contacts]
         covered = {e.contact_key for e in new_events} - old_contacts.keys()
-        events = store.events_for(conn, [k for k in ordered if k not in covered])
+        events = tx.events.for_contacts([k for k in ordered if k not in covered])
         for e in new_events:
             if e.contact_key in covered:
                 events.setdefault(e.contact_key, []).append(e)
-        old_targets = store.targets_for(conn, known)
+        old_targets = tx.state.targets_for(known)
         evaluations = [
             evaluate_contact(
                 events[k], self.policy, now, self.watermark(k[0], now), decided_of(old_targets, k)
@@ -827,116 +762,25 @@ class Monitor:
             for k in ordered
             if k in events
         ]
-        contact_labels = {
-            k: (r.channel, r.queue, r.priority)
-            for k, r in old_contacts.items()
-            if r.opened_us is not None
-        }
-        target_labels = {
-            (k[0], k[1], r.target, r.seq): (r.channel, r.queue, r.priority)
-            for k, rows in old_targets.items()
-            for r in rows
-            if r.outcome is not None
-        }
-        links = {
-            k: (r.repeat_of_source, r.repeat_of_conversation)
-            for k, r in old_contacts.items()
-            if r.repeat_of_source is not None
-        }
-        unmatched_before = {
-            k for k, r in old_contacts.items() if r.opened_us is not None and r.unmatched
-        }
-        store.save_evaluations(
-            conn,
-            evaluations,
-            links,
-            replace=known,
-            contact_labels=contact_labels,
-            target_labels=target_labels,
-            unmatched_before=unmatched_before,
-        )
-        # live aggregates (once committed): remove each old row's contribution, add the new
-        defer = self._defer
-        for ev in evaluations:
-            key = ev.key
-            old_c = old_contacts.get(key)
-            labels = contact_labels.get(key)
-            if old_c is not None and old_c.opened_us is not None:
-                defer(_count, live.opened, (old_c.channel, old_c.queue, old_c.priority), -1)
-            if ev.opened_at is not None:
-                a = ev.attributes
-                ch, q, p = labels or (a.channel.value, a.queue, a.priority or NO_PRIORITY)
-                defer(_count, live.opened, (ch, q, p), 1)
-                if labels is None and ev.rule is None:  # opens now, and no rule takes it
-                    defer(_count, live.unmatched, (ch, q), 1)
-            defer(live.series.add, (ev.attributes.channel.value, ev.attributes.queue))
-            previous: dict[tuple[str, int], _Row] = {}
-            for r in old_targets.get(key, []):
-                row = _Row(
-                    r.channel,
-                    r.queue,
-                    r.priority,
-                    r.target,
-                    r.state,
-                    r.outcome,
-                    r.is_open,
-                    r.started_us,
-                    r.response_seconds,
-                )
-                previous[(r.target, r.seq)] = row
-                defer(self._apply, key, r.seq, row, -1)
-            for t in ev.targets:
-                a = ev.attributes
-                tk = (key[0], key[1], t.target.value, t.seq)
-                ch, q, p = target_labels.get(tk) or (
-                    a.channel.value,
-                    a.queue,
-                    a.priority or NO_PRIORITY,
-                )
-                row = _Row(
-                    ch,
-                    q,
-                    p,
-                    t.target.value,
-                    t.state.value,
-                    t.outcome.value if t.outcome else None,
-                    t.is_open,
-                    to_micros(t.started_at),
-                    t.response_seconds,
-                )
-                defer(self._apply, key, t.seq, row, +1)
-                before = previous.pop((t.target.value, t.seq), None)
-                if before is None or (before.state, before.is_open) != (row.state, row.is_open):
-                    defer(self._changed, ev, t, before, now)
-            for (tname, seq), _row in previous.items():  # targets that no longer exist
-                defer(live.set_open, (key[0], key[1], tname, seq), None)
-            defer(
-                self._schedule,
-                key,
-                to_micros(ev.next_wake) if ev.next_wake else None,
-                to_micros(ev.awaiting_watermark) if ev.awaiting_watermark else None,
+        labels = Labels.of(old_contacts, old_targets)
+        tx.state.delete(known)
+        tx.state.write(
+            *evaluation_records(
+                evaluations, labels.links, labels.contacts, labels.targets, labels.unmatched
             )
-        self._update_repeats(conn, evaluations, old_contacts)
+        )
+        # live aggregates (once committed): each old record's contribution out, the new in
+        change = diff(evaluations, old_contacts, old_targets, labels)
+        self._defer(change.apply, self.live)
+        for changed in change.changed:
+            self._defer(self._changed, changed, now)
+        for key, wake_us, awaiting_us in change.wakes:
+            self._defer(self._schedule, key, wake_us, awaiting_us)
+        self._update_repeats(tx, evaluations, old_contacts)
         return len(evaluations)
 
-    def _apply(self, key: ContactKey, seq: int, row: _Row, sign: int) -> None:
-        live = self.live
-        if row.outcome is not None:
-            live.outcomes[(row.channel, row.queue, row.priority, row.target, row.outcome)] += sign
-        if row.response_seconds is not None:
-            live.response(row.channel, row.queue, row.target, row.response_seconds, sign)
-        tk: TargetKey = (key[0], key[1], row.target, seq)
-        if sign > 0:
-            live.set_open(
-                tk,
-                OpenTarget.of(row.channel, row.queue, row.target, row.state, row.started_us)
-                if row.is_open
-                else None,
-            )
-
-    def _changed(
-        self, ev: ContactEvaluation, t: TargetResult, before: _Row | None, now: datetime
-    ) -> None:
+    def _changed(self, change: TargetChange, now: datetime) -> None:
+        ev, t, before = change.evaluation, change.result, change.before
         if (
             t.outcome is Outcome.BREACHED
             and t.decided_at is not None
@@ -978,9 +822,9 @@ class Monitor:
 
     def _update_repeats(
         self,
-        conn: Connection,
+        tx: Transaction,
         evaluations: Sequence[ContactEvaluation],
-        old_contacts: dict[ContactKey, Any],
+        old_contacts: dict[ContactKey, ContactRecord],
     ) -> None:
         """Re-link repeat contacts around the contacts whose opening or first personal
         response changed (only those can change a link), within the repeat window."""
@@ -1007,7 +851,7 @@ class Monitor:
             hi = opened if hi is None else max(hi, opened)
         if not customers or lo is None or hi is None:
             return
-        rows = self.store.summaries_near(conn, customers, lo - 2 * window_us, hi + 2 * window_us)
+        rows = tx.state.summaries_near(customers, lo - 2 * window_us, hi + 2 * window_us)
         current = {s.key: link for s, link in rows if link is not None}
         wanted = find_repeats([s for s, _ in rows], self.policy.repeat_window)
         inside = {
@@ -1019,8 +863,8 @@ class Monitor:
         changed = {k: wanted.get(k) for k in inside if current.get(k) != wanted.get(k)}
         if not changed:
             return
-        self.store.set_repeats(conn, changed)
-        labels = self.store.contacts_for(conn, list(changed))
+        tx.state.set_repeats(changed)
+        labels = tx.state.contacts_for(list(changed))
         for key, link in changed.items():
             r = labels[key]
             self._defer(_count, self.live.repeats, (r.channel, r.queue), 1 if link else -1)
@@ -1049,11 +893,6 @@ class Monitor:
                 "series": set(live.series),
                 "now": self.clock.now(),
             }
-
-
-def _push_all(heap: list[tuple[int, ContactKey]], items: list[tuple[int, ContactKey]]) -> None:
-    for item in items:
-        heapq.heappush(heap, item)
 
 
 def _count_all(counter: Counter[Any], source: str, counts: dict[str, int]) -> None:
@@ -1090,4 +929,4 @@ def _rejected(source: str, e: Event, reason: str, message: str) -> Rejected:
     )
 
 
-__all__ = ["IngestSummary", "Monitor", "TargetListener", "TargetState", "store_unreachable"]
+__all__ = ["IngestSummary", "Monitor", "TargetListener", "store_unreachable"]

@@ -13,7 +13,14 @@ from datetime import datetime
 from itertools import pairwise
 from typing import Any
 
-from sla_monitor.adapters.store import NO_PRIORITY, Store, decided_of, evaluation_rows
+from sla_monitor.adapters.abc import Store
+from sla_monitor.adapters.records import (
+    NO_PRIORITY,
+    ContactRecord,
+    TargetRecord,
+    decided_of,
+    evaluation_records,
+)
 from sla_monitor.config import Config
 from sla_monitor.domain.engine import (
     NEVER_READ,
@@ -39,23 +46,23 @@ def _evaluations(
 ) -> Iterator[ContactEvaluation]:
     """Every contact as of `as_of`. `keep_decided`: outcomes the monitor already published
     (decided by `as_of`) stand, as they do live — everything but `replay`, which recomputes."""
-    with store.engine.connect() as conn:
-        watermarks = {n: s.watermark for n, s in store.load_sources(conn).items()}
+    with store.read() as reader:
+        watermarks = {n: s.watermark for n, s in reader.sources.load().items()}
         contacts = events = 0
         last = time.monotonic()
         batch: list[list[Event]] = []
 
         def flush() -> Iterator[ContactEvaluation]:
-            decided: dict[ContactKey, Any] = {}
+            decided: dict[ContactKey, list[TargetRecord]] = {}
             if keep_decided:
                 with store.begin() as other:
-                    decided = store.targets_for(other, [b[0].contact_key for b in batch])
+                    decided = other.state.targets_for([b[0].contact_key for b in batch])
             for b in batch:
                 kept = _decided_by(decided, b[0].contact_key, as_of) if keep_decided else None
                 yield _evaluate(b, config, as_of, watermarks, kept)
             batch.clear()
 
-        for evs in store.iter_contacts(conn, until_us=to_micros(as_of)):
+        for evs in reader.events.by_contact(until_us=to_micros(as_of)):
             batch.append(evs)
             if len(batch) >= 500:
                 yield from flush()
@@ -70,7 +77,7 @@ def _evaluations(
 
 
 def _decided_by(
-    rows: dict[ContactKey, Any], key: ContactKey, as_of: datetime
+    rows: dict[ContactKey, list[TargetRecord]], key: ContactKey, as_of: datetime
 ) -> dict[tuple[str, int], tuple[str, datetime]]:
     as_of_us = to_micros(as_of)
     return {k: v for k, v in decided_of(rows, key).items() if to_micros(v[1]) <= as_of_us}
@@ -112,26 +119,26 @@ def replay(
     a range of contacts while this process writes the rows (`workers`: default one per CPU;
     1 = all in this process). The outcome is the same either way."""
     workers = workers if workers is not None else (os.cpu_count() or 1)
-    if workers > 1:
-        with store.engine.connect() as conn:
-            many = store.event_id_span(conn) >= PARALLEL_FROM_EVENTS
+    if workers > 1 and store.shared:
+        with store.read() as reader:
+            many = reader.events.id_span() >= PARALLEL_FROM_EVENTS
         if many:
             return _replay_parallel(store, config, as_of, progress, workers)
     summaries: list[ContactSummary] = []
     batch: list[ContactEvaluation] = []
     targets = 0
-    with store.begin() as conn:
-        store.clear_state(conn)
+    with store.begin() as tx:
+        tx.state.clear()
         for ev in _evaluations(store, config, as_of, progress):
             batch.append(ev)
             summaries.append(_summary(ev))
             targets += len(ev.targets)
             if len(batch) >= 2000:
-                store.save_evaluations(conn, batch, replace=False)
+                tx.state.write(*evaluation_records(batch))
                 batch.clear()
-        store.save_evaluations(conn, batch, replace=False)
+        tx.state.write(*evaluation_records(batch))
         links = find_repeats(summaries, config.policy.repeat_window)
-        store.set_repeats(conn, dict(links))
+        tx.state.set_repeats(dict(links))
     return ReplaySummary(len(summaries), targets, len(links))
 
 
@@ -144,20 +151,22 @@ _job: tuple[str, Config, datetime, dict[str, datetime | None]] | None = None
 
 def _replay_range(
     bounds: tuple[ContactKey | None, ContactKey | None],
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[ContactSummary], int]:
-    """In a worker process: evaluate the contacts in [start, stop) and build their rows."""
+) -> tuple[list[ContactRecord], list[TargetRecord], list[ContactSummary], int]:
+    """In a worker process: evaluate the contacts in [start, stop) and build their records."""
+    from sla_monitor.adapters import open_store
+
     assert _job is not None
     url, config, as_of, watermarks = _job
-    store = Store(url)  # its own connections: never the parent's, inherited by fork
+    store = open_store(url)  # its own connections: never the parent's, inherited by fork
     try:
         evaluations = []
         events = 0
-        with store.engine.connect() as conn:
-            for evs in store.iter_contacts(conn, to_micros(as_of), *bounds):
+        with store.read() as reader:
+            for evs in reader.events.by_contact(to_micros(as_of), *bounds):
                 evaluations.append(_evaluate(evs, config, as_of, watermarks))
                 events += len(evs)
-        contact_rows, target_rows = evaluation_rows(evaluations)
-        return contact_rows, target_rows, [_summary(ev) for ev in evaluations], events
+        contacts, targets = evaluation_records(evaluations)
+        return contacts, targets, [_summary(ev) for ev in evaluations], events
     finally:
         store.close()
 
@@ -166,9 +175,9 @@ def _replay_parallel(
     store: Store, config: Config, as_of: datetime, progress: Progress | None, workers: int
 ) -> ReplaySummary:
     global _job
-    with store.engine.connect() as conn:
-        watermarks = {n: s.watermark for n, s in store.load_sources(conn).items()}
-        points = store.contact_split_points(conn, workers * 16)
+    with store.read() as reader:
+        watermarks = {n: s.watermark for n, s in reader.sources.load().items()}
+        points = reader.events.split_points(workers * 16)
     edges: list[ContactKey | None] = [None, *points, None]
     ranges = list(pairwise(edges))
     summaries: list[ContactSummary] = []
@@ -177,10 +186,10 @@ def _replay_parallel(
     _job = (store.url, config, as_of, watermarks)
     try:
         # forked before this process opens its writing transaction
-        with multiprocessing.get_context("fork").Pool(workers) as pool, store.begin() as conn:
-            store.clear_state(conn)
+        with multiprocessing.get_context("fork").Pool(workers) as pool, store.begin() as tx:
+            tx.state.clear()
             for contact_rows, target_rows, part, n in pool.imap_unordered(_replay_range, ranges):
-                store.write_state_rows(conn, contact_rows, target_rows)
+                tx.state.write(contact_rows, target_rows)
                 summaries.extend(part)
                 targets += len(target_rows)
                 events += n
@@ -188,7 +197,7 @@ def _replay_parallel(
                     progress(len(summaries), events)
                     last = time.monotonic()
             links = find_repeats(summaries, config.policy.repeat_window)
-            store.set_repeats(conn, dict(links))
+            tx.state.set_repeats(dict(links))
     finally:
         _job = None
     if progress is not None:
@@ -291,8 +300,8 @@ def report(
         {"channel": ch, "queue": q, "opened": n, "repeat_contacts": repeats.get((ch, q), 0)}
         for (ch, q), n in sorted(opened.items())
     ]
-    with store.begin() as conn:
-        horizons = store.archive_horizons(conn)
+    with store.begin() as tx:
+        horizons = tx.archive.horizons()
     return {
         "as_of": iso(as_of),
         "from": iso(start) if start else None,
@@ -309,13 +318,14 @@ def report(
 def explain(
     store: Store, config: Config, key: ContactKey, as_of: datetime
 ) -> dict[str, Any] | None:
-    with store.begin() as conn:
-        stored = store.events_for(conn, [key]).get(key)
+    with store.begin() as tx:
+        stored = tx.events.for_contacts([key]).get(key)
         if not stored:
             return None
-        state = store.load_sources(conn).get(key[0])
-        link = store.repeat_links(conn, [key]).get(key)
-        rows = store.targets_for(conn, [key])
+        state = tx.sources.load().get(key[0])
+        contact = tx.state.contacts_for([key]).get(key)
+        link = contact.repeat_of if contact else None
+        rows = tx.state.targets_for([key])
     events = [e for e in stored if e.occurred_at <= as_of]  # what had happened by then
     if not events:
         return None

@@ -7,7 +7,6 @@ cursor, and an honest watermark: the instant up to which it has seen everything.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,32 +14,13 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from sla_monitor.domain.events import Channel, Event
+from sla_monitor.domain.events import Channel, Event, Rejected
 
 
 class SourceOptions(BaseModel):
     """Base for each connector's `options:`; unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """An item a source could not turn into an event: counted and set aside, never fatal."""
-
-    reason: str  # short label, used in sla_events_rejected_total{reason}
-    detail: str  # what was wrong, and where (file:line, page, item id)
-    payload: str  # the raw item, kept for inspection
-    source: str | None = None  # the source the item names, where it names a usable one
-    ident: str | None = None  # what identifies the item, when `detail` varies between reads
-
-    @property
-    def key(self) -> str:
-        """The same item read again (a re-run, an overlapping page) is the same rejection."""
-        digest = hashlib.sha256()
-        for part in (self.reason, self.ident or self.detail, self.payload):
-            digest.update(part.encode("utf-8", "backslashreplace") + b"\x00")
-        return digest.hexdigest()[:40]
 
 
 @dataclass(frozen=True)
@@ -105,3 +85,6 @@ class Source(Protocol):
 
 class SourceFactory(Protocol):
     def __call__(self, ctx: SourceContext, options: Any) -> Source: ...
+
+
+__all__ = ["Rejected"]

@@ -1,0 +1,291 @@
+"""What the store hands back and takes: small immutable records, never rows or connections.
+
+Contact and target records are named tuples: as cheap to build from a driver's row as the
+row itself (a restart reads a million open targets), and plain tuples to a bulk insert.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import NamedTuple
+
+from sla_monitor.domain.engine import ContactEvaluation
+from sla_monitor.domain.events import ContactKey, Event
+from sla_monitor.domain.timeutil import from_micros, to_micros
+
+NO_PRIORITY = "none"  # label for contacts whose source gives no priority
+
+Counts = list[tuple[tuple[str, ...], int]]  # (label values, count) per series
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """Where a source has been read to: its cursor and watermark (what it vouches for)."""
+
+    name: str
+    kind: str
+    cursor: str | None = None
+    watermark: datetime | None = None
+    last_success: datetime | None = None
+
+
+class ContactRecord(NamedTuple):
+    """A contact's stored state, with the labels it was counted under when it opened."""
+
+    source: str
+    conversation_id: str
+    channel: str
+    queue: str
+    priority: str
+    customer_id: str | None
+    rule: str | None
+    status: str
+    opened_us: int | None
+    first_response_us: int | None
+    repeat_of_source: str | None
+    repeat_of_conversation: str | None
+    events: int
+    next_wake_us: int | None
+    awaiting_us: int | None
+    unmatched: bool | None
+
+    @property
+    def key(self) -> ContactKey:
+        return (self.source, self.conversation_id)
+
+    @property
+    def repeat_of(self) -> ContactKey | None:
+        if self.repeat_of_source is None or self.repeat_of_conversation is None:
+            return None
+        return (self.repeat_of_source, self.repeat_of_conversation)
+
+
+class TargetRecord(NamedTuple):
+    """One target of a contact, as last evaluated (labels as when its outcome was decided)."""
+
+    source: str
+    conversation_id: str
+    target: str
+    seq: int
+    channel: str
+    queue: str
+    priority: str
+    state: str
+    outcome: str | None
+    is_open: bool
+    started_us: int
+    deadline_us: int | None
+    warn_us: int | None
+    ended_us: int | None
+    decided_us: int | None
+    response_seconds: float | None
+
+
+CONTACT_FIELDS = ContactRecord._fields
+TARGET_FIELDS = TargetRecord._fields
+
+
+class AlertingTarget(NamedTuple):
+    """An open target that is breached or at risk, with what a page needs to say."""
+
+    source: str
+    conversation_id: str
+    target: str
+    seq: int
+    channel: str
+    queue: str
+    priority: str
+    state: str
+    started_us: int
+    deadline_us: int | None
+    customer_id: str | None
+    rule: str | None
+
+
+class PendingWake(NamedTuple):
+    """A contact waiting for a deadline or warning point, or for its source's watermark."""
+
+    source: str
+    conversation_id: str
+    wake_us: int | None
+    awaiting_us: int | None
+
+
+class RejectedRecord(NamedTuple):
+    id: int
+    source: str
+    reason: str
+    detail: str
+    payload: str
+    rejected_us: int
+    key: str | None
+
+
+class QuietContact(NamedTuple):
+    """A contact that can be archived (nothing open, nothing pending)."""
+
+    source: str
+    conversation_id: str
+    customer_id: str | None
+
+
+class CarriedResponses(NamedTuple):
+    """Archived response times: their value rounded up to the millisecond, how many, and
+    their exact sum."""
+
+    channel: str
+    queue: str
+    target: str
+    le_seconds: float
+    how_many: int
+    total: float
+
+
+class Carried(StrEnum):
+    """Counters whose archived rows' contribution is carried forward. The values are the
+    stored keys (written by earlier versions too): never rename one."""
+
+    INGESTED = "sla_events_ingested"
+    OPENED = "sla_contacts_opened"
+    REPEATS = "sla_repeat_contacts"
+    UNMATCHED = "sla_contacts_unmatched"
+    OUTCOMES = "sla_target_outcomes"
+
+
+@dataclass(frozen=True)
+class SourceCounts:
+    """One source's counters, for the replica that takes the source over."""
+
+    ingested: Counts
+    rejected: Counts
+    polls: Counts
+    skipped: Counts
+    late: Counts
+
+
+def _us(dt: datetime | None) -> int | None:
+    return None if dt is None else to_micros(dt)
+
+
+def decided_of(
+    targets: dict[ContactKey, list[TargetRecord]], key: ContactKey
+) -> dict[tuple[str, int], tuple[str, datetime]]:
+    """The outcomes already decided for a contact's targets."""
+    return {
+        (r.target, r.seq): (r.outcome, from_micros(r.decided_us if r.decided_us else r.started_us))
+        for r in targets.get(key, [])
+        if r.outcome is not None
+    }
+
+
+def evaluation_records(
+    evaluations: Iterable[ContactEvaluation],
+    repeat_links: dict[ContactKey, ContactKey] | None = None,
+    contact_labels: dict[ContactKey, tuple[str, str, str]] | None = None,
+    target_labels: dict[tuple[str, str, str, int], tuple[str, str, str]] | None = None,
+    unmatched_before: set[ContactKey] | None = None,
+) -> tuple[list[ContactRecord], list[TargetRecord]]:
+    """The contact and target records of these evaluations (plain tuples underneath, so a
+    replay worker process can build them and send them back).
+
+    `contact_labels` and `target_labels` keep the labels a contact was counted under when
+    it opened, and a target when its outcome was decided, so counters never move between
+    series when a contact's priority or queue changes later."""
+    links = repeat_links or {}
+    contacts: list[ContactRecord] = []
+    targets: list[TargetRecord] = []
+    for ev in evaluations:
+        a = ev.attributes
+        prio = a.priority or NO_PRIORITY
+        link = links.get(ev.key)
+        kept = (contact_labels or {}).get(ev.key)
+        ch, q, p = kept or (a.channel.value, a.queue, prio)
+        if kept is not None:  # opened before: counted then, as it was then
+            unmatched = ev.key in (unmatched_before or ())
+        else:
+            unmatched = ev.rule is None and ev.opened_at is not None
+        contacts.append(
+            ContactRecord(
+                ev.key[0],
+                ev.key[1],
+                ch,
+                q,
+                p,
+                a.customer_id,
+                ev.rule,
+                ev.status.value,
+                _us(ev.opened_at),
+                _us(ev.first_response_at),
+                link[0] if link else None,
+                link[1] if link else None,
+                ev.events,
+                _us(ev.next_wake),
+                _us(ev.awaiting_watermark),
+                unmatched,
+            )
+        )
+        for t in ev.targets:
+            tk = (ev.key[0], ev.key[1], t.target.value, t.seq)
+            ch, q, p = (target_labels or {}).get(tk) or (a.channel.value, a.queue, prio)
+            targets.append(
+                TargetRecord(
+                    ev.key[0],
+                    ev.key[1],
+                    t.target.value,
+                    t.seq,
+                    ch,
+                    q,
+                    p,
+                    t.state.value,
+                    t.outcome.value if t.outcome else None,
+                    t.is_open,
+                    to_micros(t.started_at),
+                    _us(t.deadline),
+                    _us(t.warn_at),
+                    _us(t.ended_at),
+                    _us(t.decided_at),
+                    t.response_seconds,
+                )
+            )
+    return contacts, targets
+
+
+@dataclass(frozen=True)
+class CarriedCounts:
+    """What archived records contributed to the counters (carried on after they go)."""
+
+    counters: dict[Carried, Counter[tuple[str, ...]]]
+    # (channel, queue, target, value rounded up to the ms) -> (how many, exact sum)
+    responses: dict[tuple[str, str, str, int], tuple[int, float]]
+    opened: int
+
+
+def carried_counts(
+    events: Iterable[Event], contacts: Iterable[ContactRecord], targets: Iterable[TargetRecord]
+) -> CarriedCounts:
+    counters: dict[Carried, Counter[tuple[str, ...]]] = {c: Counter() for c in Carried}
+    for e in events:
+        counters[Carried.INGESTED][(e.source, e.kind.value)] += 1
+    for c in contacts:
+        if c.opened_us is not None:
+            counters[Carried.OPENED][(c.channel, c.queue, c.priority)] += 1
+        if c.repeat_of_source is not None:
+            counters[Carried.REPEATS][(c.channel, c.queue)] += 1
+        if c.unmatched:
+            counters[Carried.UNMATCHED][(c.channel, c.queue)] += 1
+    responses: dict[tuple[str, str, str, int], tuple[int, float]] = {}
+    for t in targets:
+        if t.outcome is not None:
+            counters[Carried.OUTCOMES][(t.channel, t.queue, t.priority, t.target, t.outcome)] += 1
+        if t.response_seconds is not None:
+            seconds = float(t.response_seconds)
+            # rounded up: v <= b exactly when ceil_ms(v) <= b, for any bound b in ms
+            le_ms = math.ceil(round(seconds * 1000, 3))
+            n, total = responses.get((t.channel, t.queue, t.target, le_ms), (0, 0.0))
+            responses[(t.channel, t.queue, t.target, le_ms)] = (n + 1, total + seconds)
+    return CarriedCounts(counters, responses, sum(counters[Carried.OPENED].values()))
