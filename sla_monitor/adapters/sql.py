@@ -338,7 +338,7 @@ class _Events(_Role):
         if stop is not None:
             q = q.where(key < tuple_(literal(stop[0]), literal(stop[1])))
         current: list[Event] = []
-        for r in self.conn.execution_options(yield_per=10000).execute(q):
+        for r in self.conn.execute(q.execution_options(yield_per=10000)):
             e = _row_event(r)
             if current and current[0].contact_key != e.contact_key:
                 yield current
@@ -494,7 +494,7 @@ class _Counters(_Role):
         q = select(t.channel, t.queue, t.target, t.response_seconds).where(
             t.response_seconds.is_not(None)
         )
-        for r in self.conn.execution_options(yield_per=10000).execute(q):
+        for r in self.conn.execute(q.execution_options(yield_per=10000)):
             yield (r[0], r[1], r[2], float(r[3]))
 
     def opened(self) -> Counts:
@@ -664,7 +664,7 @@ class _State(_Role):
     def open_targets(self) -> Iterator[TargetRecord]:
         q = select(*_TARGET_SELECT).where(TARGETS.c.is_open.is_(True))
         make = TargetRecord._make
-        for r in self.conn.execution_options(yield_per=10000).execute(q):
+        for r in self.conn.execute(q.execution_options(yield_per=10000)):
             yield make(r)
 
     def alerting(self) -> list[AlertingTarget]:
@@ -726,7 +726,7 @@ class _Archive(_Role):
                     yield QuietContact._make(r)
             return
         q = q.where(c.source.in_(sources)).order_by(c.customer_id, c.source, c.conversation_id)
-        for r in self.conn.execution_options(yield_per=10000).execute(q):
+        for r in self.conn.execute(q.execution_options(yield_per=10000)):
             yield QuietContact._make(r)
 
     def start_run(self, before_us: int, file: str, now_us: int, sources: Sequence[str]) -> int:

@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sla_monitor.adapters.sql import SqlStore
 from sla_monitor.domain.timeutil import iso
 
-from .conftest import SHIPPED_CONFIG, PostgresServer, free_port
-from .promstack import AM_CONFIG, Alertmanager
+from ..conftest import SHIPPED_CONFIG, PostgresServer, free_port
+from ..promstack import AM_CONFIG, Alertmanager
 
 SOURCES = ["pbx-a", "pbx-b", "pbx-c"]
 

@@ -11,8 +11,8 @@ from sla_monitor.publishing.metrics import MonitorCollector
 from sla_monitor.service_layer.clock import FixedClock
 from sla_monitor.service_layer.monitor import Monitor
 
-from .conftest import ROOT, SHIPPED_CONFIG
-from .helpers import T0
+from ..conftest import ROOT, SHIPPED_CONFIG
+from ..helpers import T0
 
 README = (ROOT / "README.md").read_text()
 

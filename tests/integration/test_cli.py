@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from sla_monitor.entrypoints.cli import main
 
-from .conftest import DATA, SHIPPED_CONFIG
+from ..conftest import DATA, SHIPPED_CONFIG
 
 CFG = ["--config", str(SHIPPED_CONFIG)]
 WATERMARK = "2026-11-03T00:00:00Z"

@@ -23,8 +23,8 @@ from sla_monitor.service_layer.clock import FixedClock
 from sla_monitor.service_layer.monitor import Monitor
 from sla_monitor.service_layer.recompute import explain, replay, report
 
-from .conftest import SHIPPED_CONFIG
-from .helpers import T0, ev
+from ..conftest import SHIPPED_CONFIG
+from ..helpers import T0, ev
 
 COUNTERS = ("outcomes", "opened", "repeats", "ingested", "rejected", "unmatched")
 

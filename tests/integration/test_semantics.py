@@ -17,8 +17,8 @@ from sla_monitor.service_layer.clock import FixedClock
 from sla_monitor.service_layer.monitor import Monitor
 from sla_monitor.service_layer.recompute import explain, replay, report
 
-from .conftest import SHIPPED_CONFIG
-from .helpers import T0, at, ev
+from ..conftest import SHIPPED_CONFIG
+from ..helpers import T0, at, ev
 
 CFG = ["--config", str(SHIPPED_CONFIG)]
 

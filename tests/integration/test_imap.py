@@ -19,8 +19,8 @@ from sla_monitor.service_layer.recompute import report
 from sla_monitor.sources.abc import AuthFailed, Rejected, SourceContext
 from sla_monitor.sources.imap import ImapOptions, ImapSource, Skipped
 
-from .dovecot import PASSWORD, USER, Dovecot
-from .mailfixtures import Fixture, fixtures
+from ..dovecot import PASSWORD, USER, Dovecot
+from ..mailfixtures import Fixture, fixtures
 
 T0 = datetime(2026, 11, 2, 9, tzinfo=UTC)
 NOW = T0 + timedelta(days=1)

@@ -16,8 +16,8 @@ import httpx
 from sla_monitor.bootstrap import build_app
 from sla_monitor.entrypoints.http import MetricsServer
 
-from .conftest import ROOT, SHIPPED_CONFIG, free_port
-from .promstack import AM_CONFIG, Alertmanager, Prometheus
+from ..conftest import ROOT, SHIPPED_CONFIG, free_port
+from ..promstack import AM_CONFIG, Alertmanager, Prometheus
 
 LINK = "https://desk.example.com/tickets/{conversation_id}"
 SUBSTITUTIONS = {

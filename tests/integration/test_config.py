@@ -9,7 +9,7 @@ import pytest
 from sla_monitor.config import ConfigError, load_config
 from sla_monitor.entrypoints.cli import main
 
-from .conftest import SHIPPED_CONFIG
+from ..conftest import SHIPPED_CONFIG
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -20,8 +20,8 @@ from sla_monitor.service_layer.recompute import report
 from sla_monitor.sources.abc import AuthFailed, SourceContext, SourceError
 from sla_monitor.sources.http_json import HttpJsonOptions, HttpJsonSource
 
-from .conftest import SHIPPED_CONFIG
-from .fakeapi import Reply, Request, fake_api
+from ..conftest import SHIPPED_CONFIG
+from ..fakeapi import Reply, Request, fake_api
 
 T0 = datetime(2026, 11, 2, 9, tzinfo=UTC)
 NOW = T0 + timedelta(days=1)

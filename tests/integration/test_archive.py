@@ -28,8 +28,8 @@ from sla_monitor.service_layer.monitor import Monitor
 from sla_monitor.service_layer.recompute import replay
 from sla_monitor.sources.abc import PollResult
 
-from .conftest import SHIPPED_CONFIG
-from .helpers import T0, at, ev
+from ..conftest import SHIPPED_CONFIG
+from ..helpers import T0, at, ev
 
 BEFORE = T0 + timedelta(days=2)
 NOW = BEFORE + timedelta(days=8)  # past the 7-day repeat window

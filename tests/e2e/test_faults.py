@@ -35,8 +35,8 @@ from sla_monitor.domain.timeutil import iso
 from sla_monitor.service_layer.clock import SystemClock
 from sla_monitor.service_layer.monitor import Monitor
 
-from .conftest import PostgresServer, free_port
-from .promstack import Alertmanager
+from ..conftest import PostgresServer, free_port
+from ..promstack import Alertmanager
 from .test_runtime import wait_for
 
 pytestmark = pytest.mark.faults

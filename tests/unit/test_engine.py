@@ -20,7 +20,7 @@ from sla_monitor.domain.engine import (
 from sla_monitor.domain.events import Status
 from sla_monitor.domain.policy import WAITING, Policy, TargetName, TargetSpec
 
-from .helpers import T0, at, ev, policy
+from ..helpers import T0, at, ev, policy
 
 FAR = at(days=30)  # as_of and watermark long after everything
 

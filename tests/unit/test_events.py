@@ -8,7 +8,7 @@ import pytest
 
 from sla_monitor.domain.events import EventError, EventKind, Status, event_from_dict, normalize
 
-from .helpers import T0, ev
+from ..helpers import T0, ev
 
 GOOD: dict[str, Any] = {
     "source": "desk",

@@ -29,8 +29,8 @@ from sla_monitor.service_layer.clock import FixedClock
 from sla_monitor.service_layer.monitor import Monitor
 from sla_monitor.sources.tail import read_new_lines
 
-from .conftest import SHIPPED_CONFIG, PostgresServer
-from .helpers import ev
+from ..conftest import SHIPPED_CONFIG, PostgresServer
+from ..helpers import ev
 
 T = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 

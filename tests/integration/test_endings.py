@@ -17,7 +17,7 @@ from sla_monitor.domain.timeutil import iso
 from sla_monitor.service_layer.clock import FixedClock
 from sla_monitor.service_layer.monitor import Monitor
 
-from .conftest import SHIPPED_CONFIG
+from ..conftest import SHIPPED_CONFIG
 
 T = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)  # a Monday
 

@@ -19,7 +19,7 @@ from sla_monitor.service_layer.recompute import report
 from sla_monitor.sources.abc import PollResult, RateLimited, SourceContext, SourceError
 from sla_monitor.sources.chatwoot import ChatwootOptions, ChatwootSource
 
-from .fakeapi import Reply, Request, fake_api
+from ..fakeapi import Reply, Request, fake_api
 
 T0 = datetime(2026, 11, 2, 9, tzinfo=UTC)
 TS = int(T0.timestamp())

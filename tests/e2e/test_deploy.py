@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ROOT
+from ..conftest import ROOT
 
 PROM = ROOT / "config" / "prometheus"
 RULES = PROM / "rules" / "sla-monitor.rules.yml"

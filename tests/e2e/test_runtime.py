@@ -20,7 +20,7 @@ from sla_monitor.bootstrap import build_app
 from sla_monitor.domain.timeutil import iso
 from sla_monitor.entrypoints.http import MetricsServer
 
-from .conftest import SHIPPED_CONFIG, free_port
+from ..conftest import SHIPPED_CONFIG, free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -12,8 +12,8 @@ from sla_monitor.domain.engine import evaluate_contact
 from sla_monitor.publishing.alertmanager import AlertmanagerPublisher
 from sla_monitor.service_layer.clock import SystemClock
 
-from .helpers import ev, policy
-from .promstack import AM_CONFIG, Alertmanager
+from ..helpers import ev, policy
+from ..promstack import AM_CONFIG, Alertmanager
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 20) -> None:
@@ -146,7 +146,7 @@ def test_after_a_restart_the_active_pages_are_sent_again(tmp_path: Path) -> None
     from sla_monitor.domain.timeutil import iso
     from sla_monitor.entrypoints.http import MetricsServer
 
-    from .conftest import SHIPPED_CONFIG, free_port
+    from ..conftest import SHIPPED_CONFIG, free_port
 
     now = datetime.now(UTC)
     events = tmp_path / "calls.jsonl"
@@ -219,7 +219,7 @@ def test_a_page_goes_out_only_once_its_contact_is_stored(
     from sla_monitor.domain.timeutil import iso
     from sla_monitor.entrypoints.http import MetricsServer
 
-    from .conftest import SHIPPED_CONFIG, free_port
+    from ..conftest import SHIPPED_CONFIG, free_port
 
     now = datetime.now(UTC)
     events = tmp_path / "calls.jsonl"

@@ -1,0 +1,309 @@
+"""One contract for every store (adapters/abc.py): in memory, on SQLite, on PostgreSQL.
+
+Each test states what any implementation must do; the same body runs on all three."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from sla_monitor.adapters import open_store
+from sla_monitor.adapters.abc import LeaseLost, Store
+from sla_monitor.adapters.records import (
+    NO_PRIORITY,
+    Carried,
+    ContactRecord,
+    SourceState,
+    TargetRecord,
+    evaluation_records,
+)
+from sla_monitor.domain.engine import evaluate_contact
+from sla_monitor.domain.events import Event, Rejected
+from sla_monitor.domain.timeutil import to_micros
+
+from ..conftest import PostgresServer
+from ..helpers import T0, at, ev, policy
+
+US = to_micros(T0)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "memory":
+        url = "memory://"
+    elif request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'contract.db'}"
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres")
+        url = server.new_database()
+    s = open_store(url)
+    s.migrate()
+    yield s
+    s.close()
+
+
+def contact(conv: str, customer: str | None = "cust-1", minutes: int = 0) -> list[Event]:
+    return [
+        ev(
+            "customer_message",
+            at(minutes=minutes),
+            conv=conv,
+            customer=customer,
+            event_id=f"{conv}-1",
+        ),
+        ev(
+            "auto_reply",
+            at(minutes=minutes, seconds=20),
+            conv=conv,
+            customer=customer,
+            event_id=f"{conv}-2",
+        ),
+    ]
+
+
+def save(store: Store, events: list[Event], now_minutes: int = 30) -> None:
+    """Store events and their contacts' records, as the monitor does."""
+    now = at(minutes=now_minutes)
+    by_contact: dict[tuple[str, str], list[Event]] = {}
+    for e in events:
+        by_contact.setdefault(e.contact_key, []).append(e)
+    evaluations = [evaluate_contact(evs, policy(), now, now) for evs in by_contact.values()]
+    with store.begin() as tx:
+        tx.events.add(events, US)
+        tx.state.delete(list(by_contact))
+        tx.state.write(*evaluation_records(evaluations))
+
+
+def test_events_are_stored_once_per_source_and_id(store: Store) -> None:
+    a = contact("A")
+    with store.begin() as tx:
+        assert tx.events.add(a, US) == a
+    with store.begin() as tx:
+        again = tx.events.add([*a, *contact("B")], US)
+        assert [e.event_id for e in again] == ["B-1", "B-2"]
+        assert tx.events.count() == 4
+        changed = replace(a[0], queue="sales")
+        assert tx.events.stored_copies([changed]) == {a[0].dedup_key: a[0]}
+
+
+def test_a_transaction_that_raises_leaves_nothing(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.begin() as tx:
+        tx.events.add(contact("A"), US)
+        tx.sources.save(SourceState("s", "jsonl", cursor="c1", watermark=T0))
+        raise RuntimeError("rolled back")
+    with store.begin() as tx:
+        assert tx.events.count() == 0
+        assert tx.sources.load() == {}
+
+
+def test_events_come_back_exactly_and_a_contact_at_a_time_in_key_order(store: Store) -> None:
+    e = ev(
+        "customer_message", T0 + timedelta(microseconds=123457), conv="Z", tags=frozenset({"vip"})
+    )
+    save(store, [*contact("B"), *contact("A"), e])
+    with store.read() as tx:
+        assert tx.events.for_contacts([("s", "Z"), ("s", "nope")]) == {("s", "Z"): [e]}
+        keys = [evs[0].contact_key for evs in tx.events.by_contact()]
+        assert keys == [("s", "A"), ("s", "B"), ("s", "Z")]
+        ranged = [
+            evs[0].contact_key for evs in tx.events.by_contact(start=("s", "B"), stop=("s", "Z"))
+        ]
+        assert ranged == [("s", "B")]
+        early = list(tx.events.by_contact(until_us=to_micros(at(seconds=10))))
+        assert [len(evs) for evs in early] == [1, 1, 1]
+        assert tx.events.contacts_stored([("s", "A"), ("s", "Q")]) == {("s", "A")}
+        assert tx.events.id_span() >= 5
+        points = tx.events.split_points(2)
+        assert len(points) <= 1 and all(p in {("s", "A"), ("s", "B"), ("s", "Z")} for p in points)
+
+
+def test_rejections_are_kept_once_by_key_newest_first(store: Store) -> None:
+    bad = Rejected("bad_json", "events.jsonl:3: not valid JSON", "{oops")
+    other = Rejected("too_long", "events.jsonl:9: line too long", "x" * 10)
+    with store.begin() as tx:
+        assert tx.events.reject("s", [bad, bad], US) == [bad]
+    with store.begin() as tx:
+        assert tx.events.reject("s", [bad, other], US) == [other]
+        assert tx.events.reject("t", [bad], US) == [bad]  # another source's is its own
+    with store.read() as tx:
+        rows = tx.events.rejected(limit=2)
+        assert [(r.source, r.reason) for r in rows] == [("t", "bad_json"), ("s", "too_long")]
+        assert sorted(tx.counters.rejected()) == [
+            (("s", "bad_json"), 1),
+            (("s", "too_long"), 1),
+            (("t", "bad_json"), 1),
+        ]
+
+
+def test_source_state_round_trips(store: Store) -> None:
+    state = SourceState("s", "jsonl", "cursor-1", at(hours=1), at(hours=1, seconds=1))
+    with store.begin() as tx:
+        tx.sources.save(state)
+        tx.sources.save(SourceState("t", "imap"))
+    with store.begin() as tx:
+        assert tx.sources.load() == {"s": state, "t": SourceState("t", "imap")}
+
+
+def test_counters_add_up(store: Store) -> None:
+    with store.begin() as tx:
+        tx.counters.count_poll("s", "ok")
+        tx.counters.count_poll("s", "ok", 2)
+        tx.counters.count_poll("s", "error")
+        tx.counters.count_skipped("s", {"bounce": 2, "auto_reply": 1})
+        tx.counters.count_late("s", 3)
+    with store.begin() as tx:
+        tx.counters.count_skipped("s", {"bounce": 1})
+        tx.counters.count_late("s", 1)
+    with store.read() as tx:
+        assert sorted(tx.counters.polls()) == [(("s", "error"), 1), (("s", "ok"), 3)]
+        assert sorted(tx.counters.skipped()) == [(("s", "auto_reply"), 1), (("s", "bounce"), 3)]
+        assert tx.counters.late() == [(("s",), 4)]
+        counts = tx.counters.source_counts("s")
+        assert sorted(counts.polls) == [(("s", "error"), 1), (("s", "ok"), 3)]
+        assert counts.late == [(("s",), 4)] and tx.counters.source_counts("t").polls == []
+
+
+def test_state_records_round_trip_and_feed_the_counters(store: Store) -> None:
+    save(store, [*contact("A"), *contact("B", "cust-2")], now_minutes=90)
+    with store.read() as tx:
+        contacts = tx.state.contacts_for([("s", "A"), ("s", "B"), ("s", "nope")])
+        assert set(contacts) == {("s", "A"), ("s", "B")}
+        a = contacts[("s", "A")]
+        assert isinstance(a, ContactRecord) and a.opened_us == US and a.priority == NO_PRIORITY
+        targets = tx.state.targets_for([("s", "A")])[("s", "A")]
+        assert all(isinstance(t, TargetRecord) for t in targets)
+        assert {(t.target, t.outcome) for t in targets} == {
+            ("auto_ack", "met"),
+            ("first_reply", "breached"),
+        }
+        assert sorted(tx.counters.opened()) == [(("email", "billing", NO_PRIORITY), 2)]
+        assert (
+            ("email", "billing", NO_PRIORITY, "first_reply", "breached"),
+            2,
+        ) in tx.counters.outcomes()
+        assert sorted(tx.counters.response_times()) == [("email", "billing", "auto_ack", 20.0)] * 2
+        assert tx.counters.queues_seen() == [("s", "email", "billing")]
+        assert sorted(tx.counters.ingested()) == [
+            (("s", "auto_reply"), 2),
+            (("s", "customer_message"), 2),
+        ]
+        alerting = tx.state.alerting()
+        assert {(r.conversation_id, r.target, r.state, r.customer_id) for r in alerting} == {
+            ("A", "first_reply", "breached", "cust-1"),
+            ("B", "first_reply", "breached", "cust-2"),
+        }
+        assert {(t.conversation_id, t.target) for t in tx.state.open_targets()} == {
+            ("A", "first_reply"),
+            ("B", "first_reply"),
+        }
+        assert list(tx.state.pending_wakes()) == []  # breached, nothing else to wait for
+    save(store, contact("C", "cust-3"), now_minutes=30)
+    with store.read() as tx:
+        waits = [(w.conversation_id, w.wake_us) for w in tx.state.pending_wakes()]
+        assert waits == [("C", to_micros(at(minutes=45)))]  # first_reply's warning point
+
+
+def test_delete_write_and_clear_replace_records(store: Store) -> None:
+    save(store, contact("A"))
+    again = evaluation_records([evaluate_contact(contact("A"), policy(), at(), at())])
+    with pytest.raises(Exception), store.begin() as tx:  # noqa: B017 (any store error)
+        tx.state.write(*again)  # records exist: `delete` first
+    with store.begin() as tx:
+        tx.state.delete([("s", "A")])
+        assert tx.state.contacts_for([("s", "A")]) == {}
+        assert tx.state.targets_for([("s", "A")]) == {}
+    save(store, contact("B"))
+    with store.begin() as tx:
+        tx.state.clear()
+    with store.read() as tx:
+        assert tx.state.contacts_for([("s", "A"), ("s", "B")]) == {}
+        assert tx.counters.opened() == []
+        assert tx.events.count() == 4  # events stay: replay rebuilds the records from them
+
+
+def test_repeat_links_and_customer_summaries(store: Store) -> None:
+    save(store, [*contact("A"), *contact("B", minutes=20), *contact("C", "cust-2")])
+    with store.begin() as tx:
+        tx.state.set_repeats({("s", "B"): ("s", "A")})
+    with store.begin() as tx:
+        assert tx.state.contacts_for([("s", "B")])[("s", "B")].repeat_of == ("s", "A")
+        assert tx.counters.repeats() == [(("email", "billing"), 1)]
+        near = tx.state.summaries_near(["cust-1"], US, to_micros(at(minutes=10)))
+        assert [(s.key, link) for s, link in near] == [(("s", "A"), None)]
+        everyone = tx.state.summaries_for_customers(["cust-1", "cust-2"])
+        assert sorted(s.key for s in everyone) == [("s", "A"), ("s", "B"), ("s", "C")]
+        tx.state.set_repeats({("s", "B"): None})
+        assert tx.counters.repeats() == []
+
+
+def test_archive_moves_quiet_contacts_out_and_carries_their_counts(store: Store) -> None:
+    save(store, [*contact("A"), *contact("B", minutes=40)], now_minutes=30)
+    with store.begin() as tx:
+        opened_before = sorted(tx.counters.opened())
+        quiet = list(tx.archive.quiet_contacts(to_micros(at(minutes=35)), ["s"]))
+        # B's events are after the cut; A's first reply is still open (breached)
+        assert quiet == []
+        tx.state.delete([("s", "A")])
+        tx.state.write(
+            *evaluation_records(
+                [
+                    evaluate_contact(
+                        [*contact("A"), ev("agent_reply", at(minutes=5), conv="A", event_id="A-3")],
+                        policy(),
+                        at(hours=9),
+                        at(hours=9),
+                    )
+                ]
+            )
+        )
+        tx.events.add([ev("agent_reply", at(minutes=5), conv="A", event_id="A-3")], US)
+    before_us = to_micros(at(minutes=35))
+    with store.begin() as tx:
+        assert tx.archive.horizons() == {}
+        run = tx.archive.start_run(before_us, "a.jsonl.gz", US, ["s"])
+        quiet = list(tx.archive.quiet_contacts(before_us, ["s"]))
+        assert [(q.source, q.conversation_id, q.customer_id) for q in quiet] == [
+            ("s", "A", "cust-1")
+        ]
+        written: list[Event] = []
+        assert tx.archive.archive([("s", "A")], run, written.extend) == (3, 2, 1)
+        assert sorted(e.event_id for e in written) == ["A-1", "A-2", "A-3"]
+        tx.archive.finish_run(run, US)
+        tx.archive.start_run(before_us - 1, "b.jsonl.gz", US, ["s"])  # never lowers it
+    with store.read() as tx:
+        assert tx.archive.horizons() == {"s": before_us}
+        assert tx.events.count() == 2 and tx.state.contacts_for([("s", "A")]) == {}
+        assert sorted(tx.counters.opened()) == opened_before  # carried: no counter moves
+        assert (("s", "customer_message"), 2) in tx.counters.ingested()
+        assert tx.counters.carried(Carried.OPENED) == [(("email", "billing", NO_PRIORITY), 1)]
+        carried = list(tx.counters.carried_responses())
+        assert {(c.target, c.le_seconds, c.how_many) for c in carried} >= {("auto_ack", 20.0, 1)}
+        assert tx.archive.count_opened_before(before_us) == 0
+
+
+def test_leases_fence_and_the_dirty_queue(store: Store) -> None:
+    with store.begin() as tx:
+        assert tx.cluster.try_lease("leader", "r1", US, 10)
+        assert not tx.cluster.try_lease("leader", "r2", US + 5, 10)
+        assert tx.cluster.try_lease("leader", "r2", US + 11, 10)  # expired: taken over
+        tx.cluster.fence("leader", "r2", US + 12)
+        with pytest.raises(LeaseLost):
+            tx.cluster.fence("leader", "r1", US + 12)
+        assert tx.cluster.holders(US + 12) == {"leader": "r2"}
+        tx.cluster.release("leader", "r1")  # not its holder: nothing happens
+        assert tx.cluster.holders(US + 12) == {"leader": "r2"}
+        tx.cluster.release("leader", "r2")
+        assert tx.cluster.holders(US + 12) == {}
+        tx.cluster.heartbeat("r1", US)
+        tx.cluster.heartbeat("r2", US + 100)
+        assert tx.cluster.live_replicas(US + 50) == ["r2"]
+        tx.cluster.mark_dirty([("s", "A"), ("s", "B")])
+        seen = tx.cluster.dirty(10)
+        assert seen == {("s", "A"): 1, ("s", "B"): 1}
+        tx.cluster.mark_dirty([("s", "A")])  # marked again while being evaluated
+        tx.cluster.clear_dirty(seen)
+        assert tx.cluster.dirty(10) == {("s", "A"): 2}
