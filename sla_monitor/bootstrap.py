@@ -24,7 +24,8 @@ from sla_monitor.publishing.metrics import MonitorCollector
 from sla_monitor.service_layer.clock import AcceleratedClock, Clock, SystemClock
 from sla_monitor.service_layer.monitor import Monitor
 from sla_monitor.service_layer.runtime import Endpoint, Runtime
-from sla_monitor.sources import build_source
+from sla_monitor.sources import build_source, validate_source_config
+from sla_monitor.sources.abc import SourceContext
 
 log = logging.getLogger(__name__)
 Serve = Callable[[CollectorRegistry, str], Endpoint]  # (registry, listen address)
@@ -54,7 +55,7 @@ def build_app(
     alertmanagers: list[str] | None = None,
     serve: Serve | None = None,
 ) -> Runtime:
-    config = load_config(config_path)
+    config = load_config(config_path, validate_source_config)
     store = open_store(db_url or config.database_url)
     store.migrate()
     clock = choose_clock(config, store)
@@ -82,7 +83,15 @@ def build_app(
     monitor = Monitor(store, config, clock, [alerts] if alerts else [])
     monitor.clustered = cluster.enabled
     monitor.replica_id = cluster.replica_id or f"{socket.gethostname()}:{os.getpid()}"
-    sources = {cfg.name: (build_source(cfg), cfg) for cfg in config.settings.sources}
+    sources = {
+        cfg.name: (
+            build_source(
+                SourceContext(cfg.name, cfg.channel, tuple(cfg.queues)), cfg.kind, cfg.options
+            ),
+            cfg,
+        )
+        for cfg in config.settings.sources
+    }
     for cfg in config.settings.sources:
         monitor.declare(cfg.name, cfg.kind, cfg.channel.value if cfg.channel else None, cfg.queues)
     runtime = Runtime(config, store, clock, monitor, sources, alerts=alerts, make_pager=make_pager)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -410,7 +411,14 @@ def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
     )
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
+# Checks one source's `kind` and `options`: problems as (key path under the source, message).
+# The connector registry (sources/__init__.py) is one; config never imports the connectors.
+SourceCheck = Callable[[str, Mapping[str, Any]], list[tuple[tuple[int | str, ...], str]]]
+
+
+def load_config(path: str | os.PathLike[str], check_source: SourceCheck | None = None) -> Config:
+    """Read and validate a config. `check_source` validates each source's kind and options
+    (the CLI and the runtime pass the connector registry's)."""
     """Load and validate a config file; raises ConfigError listing every problem found."""
     p = Path(path)
     try:
@@ -504,10 +512,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
                 f"{p}:{_node_line(root, ('sources', i, 'name'))}: sources[{i}].name: "
                 f"duplicate source name {src.name!r}"
             )
-    from sla_monitor.sources import validate_source_config  # late: sources import config types
-
     for i, src in enumerate(settings.sources):
-        for loc_tail, msg in validate_source_config(src):
+        for loc_tail, msg in check_source(src.kind, src.options) if check_source else ():
             where = ("sources", i, *loc_tail)
             found.append(f"{p}:{_node_line(root, where)}: {_path(where)}: {msg}")
     if found:

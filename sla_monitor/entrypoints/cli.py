@@ -30,9 +30,10 @@ from sla_monitor.domain.timeutil import (
     parse_duration,
     parse_instant,
 )
+from sla_monitor.sources import validate_source_config
+from sla_monitor.sources._tail import MAX_LINE_BYTES
 from sla_monitor.sources.abc import Rejected
 from sla_monitor.sources.jsonl import parse_line
-from sla_monitor.sources.tail import MAX_LINE_BYTES
 
 log = logging.getLogger("sla_monitor")
 
@@ -73,7 +74,7 @@ def _progress(label: str) -> Any:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(args.config, validate_source_config)
     s = config.settings
     print(
         f"{args.config}: OK — {len(s.policy.rules)} policy rules, {len(s.calendars)} calendars, "
@@ -151,7 +152,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from sla_monitor.service_layer.clock import SystemClock
     from sla_monitor.service_layer.monitor import Monitor
 
-    config = load_config(args.config)
+    config = load_config(args.config, validate_source_config)
     store = _store(config, args)
     monitor = Monitor(store, config, SystemClock())
     monitor.load()
@@ -295,7 +296,7 @@ def _lines(
 def cmd_replay(args: argparse.Namespace) -> int:
     from sla_monitor.service_layer.recompute import replay
 
-    config = load_config(args.config)
+    config = load_config(args.config, validate_source_config)
     store = _store(config, args)
     as_of = args.as_of or datetime.now(UTC)
     started = time.monotonic()
@@ -314,7 +315,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from sla_monitor.service_layer.recompute import report
 
-    config = load_config(args.config)
+    config = load_config(args.config, validate_source_config)
     store = _store(config, args)
     as_of = args.as_of or datetime.now(UTC)
     if args.to_ and args.from_ and args.to_ <= args.from_:
@@ -407,7 +408,7 @@ def render_report(r: dict[str, Any]) -> str:
 def cmd_explain(args: argparse.Namespace) -> int:
     from sla_monitor.service_layer.recompute import explain
 
-    config = load_config(args.config)
+    config = load_config(args.config, validate_source_config)
     store = _store(config, args)
     source, sep, conv = args.contact.partition(":")
     if not sep:
@@ -477,7 +478,7 @@ def _archive_horizon(config: Config, args: argparse.Namespace, source: str) -> s
 def cmd_archive(args: argparse.Namespace) -> int:
     from sla_monitor.service_layer.archive import ArchiveError, ArchiveInterrupted, archive
 
-    config = load_config(args.config)
+    config = load_config(args.config, validate_source_config)
     if args.to_file is None and not args.dry_run:
         raise UsageError("give --to FILE (a new .jsonl.gz file), or --dry-run")
     store = _store(config, args)
@@ -546,7 +547,9 @@ def _exact_seconds(d: timedelta) -> str:
 
 
 def cmd_due(args: argparse.Namespace) -> int:
-    config = load_config(args.config) if args.calendar != "calendar" else None
+    config = (
+        load_config(args.config, validate_source_config) if args.calendar != "calendar" else None
+    )
     clock = _clock(config, args.calendar)
     if (args.after is None) == (args.to is None):
         raise UsageError("give exactly one of --after DURATION or --to INSTANT")

@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from pydantic import ValidationError
 
 from sla_monitor.sources.abc import Source, SourceContext, SourceFactory, SourceOptions
-
-if TYPE_CHECKING:
-    from sla_monitor.config import SourceConfig
 
 
 @dataclass(frozen=True)
@@ -28,15 +26,15 @@ def register(kind: str, options: type[SourceOptions], factory: SourceFactory) ->
     REGISTRY[kind] = Connector(kind, options, factory)
 
 
-def validate_source_config(cfg: SourceConfig) -> list[tuple[tuple[int | str, ...], str]]:
+def validate_source_config(
+    kind: str, options: Mapping[str, Any]
+) -> list[tuple[tuple[int | str, ...], str]]:
     """Problems in one source's config, each as (key path under the source, message)."""
-    connector = REGISTRY.get(cfg.kind)
+    connector = REGISTRY.get(kind)
     if connector is None:
-        return [
-            (("kind",), f"unknown source kind {cfg.kind!r} (known: {', '.join(sorted(REGISTRY))})")
-        ]
+        return [(("kind",), f"unknown source kind {kind!r} (known: {', '.join(sorted(REGISTRY))})")]
     try:
-        connector.options.model_validate(cfg.options)
+        connector.options.model_validate(options)
     except ValidationError as exc:
         out: list[tuple[tuple[int | str, ...], str]] = []
         for err in exc.errors():
@@ -50,10 +48,9 @@ def validate_source_config(cfg: SourceConfig) -> list[tuple[tuple[int | str, ...
     return []
 
 
-def build_source(cfg: SourceConfig) -> Source:
-    connector = REGISTRY[cfg.kind]
-    options = connector.options.model_validate(cfg.options)
-    return connector.factory(SourceContext(cfg.name, cfg.channel, tuple(cfg.queues)), options)
+def build_source(context: SourceContext, kind: str, options: Mapping[str, Any]) -> Source:
+    connector = REGISTRY[kind]
+    return connector.factory(context, connector.options.model_validate(options))
 
 
 def _register_builtin() -> None:

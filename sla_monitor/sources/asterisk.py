@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sla_monitor.domain.events import Channel, Event, EventKind, Status
+from sla_monitor.sources._tail import Line, TailOptions, tail_poll
 from sla_monitor.sources.abc import PollResult, Rejected, SourceContext
-from sla_monitor.sources.tail import Line, TailOptions, tail_poll
 
 KINDS = {
     "ENTERQUEUE": EventKind.CALL_QUEUED,

@@ -31,6 +31,8 @@ from pydantic import Field, field_validator
 
 from sla_monitor.domain.events import Channel, Event, EventKind, Status
 from sla_monitor.domain.timeutil import parse_duration
+from sla_monitor.sources._http import JsonClient
+from sla_monitor.sources._secrets import SecretRef
 from sla_monitor.sources.abc import (
     PollResult,
     Rejected,
@@ -39,9 +41,7 @@ from sla_monitor.sources.abc import (
     SourceError,
     SourceOptions,
 )
-from sla_monitor.sources.http import JsonClient
 from sla_monitor.sources.mailclass import DAEMONS, NOREPLY
-from sla_monitor.sources.secrets import SecretRef
 
 CHANNEL_TYPES = {
     "twitter": Channel.SOCIAL,

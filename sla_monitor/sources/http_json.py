@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, model_validator
 
 from sla_monitor.domain.events import Event, EventError, event_from_dict
+from sla_monitor.sources._http import JsonClient
+from sla_monitor.sources._secrets import SecretRef
+from sla_monitor.sources._watermark import WatermarkMode, completed_up_to
 from sla_monitor.sources.abc import PollResult, Rejected, SourceContext, SourceError, SourceOptions
-from sla_monitor.sources.http import JsonClient
-from sla_monitor.sources.secrets import SecretRef
-from sla_monitor.sources.tail import latest_event_watermark
 
 MISSING = object()
 
@@ -68,7 +68,7 @@ class HttpJsonOptions(SourceOptions):
     cursor: CursorParam | None = None
     next_link: str | None = None  # dotted path to the next page's URL
     expired_cursor_status: list[int] = [410]  # the API's answer to a cursor it forgot
-    watermark: Literal["read_time", "latest_event"] = "read_time"
+    watermark: WatermarkMode = "read_time"
     max_pages_per_poll: int = Field(20, gt=0)
     timeout: float = Field(30.0, gt=0)
     map: dict[str, str | FieldMap]
@@ -177,11 +177,7 @@ class HttpJsonSource:
         else:
             result.more = True
         if not result.more:
-            result.watermark = (
-                now
-                if self.options.watermark == "read_time"
-                else latest_event_watermark(state, result.events, now)
-            )
+            result.watermark = completed_up_to(self.options.watermark, state, result.events, now)
         result.cursor = json.dumps(state, sort_keys=True)
         return result
 

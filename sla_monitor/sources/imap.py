@@ -42,6 +42,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from sla_monitor.domain.events import Channel, Event, EventKind, Status
+from sla_monitor.sources._secrets import SecretRef
 from sla_monitor.sources.abc import (
     AuthFailed,
     PollResult,
@@ -52,7 +53,6 @@ from sla_monitor.sources.abc import (
     SourceOptions,
 )
 from sla_monitor.sources.mailclass import classify
-from sla_monitor.sources.secrets import SecretRef
 
 log = logging.getLogger(__name__)
 MAX_THREADS = 100_000  # Message-IDs remembered in the cursor for threading

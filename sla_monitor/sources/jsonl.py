@@ -11,8 +11,8 @@ from typing import Any
 from pydantic import Field
 
 from sla_monitor.domain.events import FIELD_LIMITS, Event, EventError, event_from_dict
+from sla_monitor.sources._tail import Line, TailOptions, tail_poll
 from sla_monitor.sources.abc import PollResult, Rejected, SourceContext
-from sla_monitor.sources.tail import Line, TailOptions, tail_poll
 
 
 class JsonlOptions(TailOptions):

@@ -41,9 +41,9 @@ from pydantic import Field, field_validator
 
 from sla_monitor.domain.events import Channel, Event, EventKind, Status
 from sla_monitor.domain.timeutil import parse_duration, parse_instant
+from sla_monitor.sources._http import JsonClient
+from sla_monitor.sources._secrets import SecretRef
 from sla_monitor.sources.abc import PollResult, Rejected, SourceContext, SourceError, SourceOptions
-from sla_monitor.sources.http import JsonClient
-from sla_monitor.sources.secrets import SecretRef
 
 CHANNELS = {
     "mail": Channel.EMAIL,

@@ -8,6 +8,7 @@ import pytest
 
 from sla_monitor.config import ConfigError, load_config
 from sla_monitor.entrypoints.cli import main
+from sla_monitor.sources import validate_source_config
 
 from ..conftest import SHIPPED_CONFIG
 
@@ -84,24 +85,24 @@ def test_error_carries_the_line_number(tmp_path: Path) -> None:
     )
     line = next(i for i, s in enumerate(text.splitlines(), 1) if "within: soon" in s)
     with pytest.raises(ConfigError) as exc:
-        load_config(write(tmp_path, text))
+        load_config(write(tmp_path, text), validate_source_config)
     assert f"broken.yaml:{line}: policy.rules[2].targets.first_reply" in str(exc.value)
 
 
 def test_missing_policy_and_bad_yaml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="policy: required key is missing"):
-        load_config(write(tmp_path, "sources: []\n"))
+        load_config(write(tmp_path, "sources: []\n"), validate_source_config)
     with pytest.raises(ConfigError, match="not valid YAML"):
-        load_config(write(tmp_path, "policy: [\n"))
+        load_config(write(tmp_path, "policy: [\n"), validate_source_config)
     with pytest.raises(ConfigError, match="cannot read config"):
-        load_config(tmp_path / "absent.yaml")
+        load_config(tmp_path / "absent.yaml", validate_source_config)
 
 
 def test_secret_database_url_comes_from_env(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     text = GOOD.replace("url: sqlite:///sla-monitor.db", "url_env: TEST_SLA_DB")
-    cfg = load_config(write(tmp_path, text))
+    cfg = load_config(write(tmp_path, text), validate_source_config)
     monkeypatch.setenv("TEST_SLA_DB", "sqlite:///from-env.db")
     assert cfg.database_url == "sqlite:///from-env.db"
     monkeypatch.delenv("TEST_SLA_DB")

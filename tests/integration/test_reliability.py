@@ -27,7 +27,7 @@ from sla_monitor.entrypoints.http import MetricsServer
 from sla_monitor.publishing.metrics import MonitorCollector
 from sla_monitor.service_layer.clock import FixedClock
 from sla_monitor.service_layer.monitor import Monitor
-from sla_monitor.sources.tail import read_new_lines
+from sla_monitor.sources._tail import read_new_lines
 
 from ..conftest import SHIPPED_CONFIG, PostgresServer
 from ..helpers import ev

@@ -21,21 +21,20 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
 from sla_monitor.domain.events import Event
-from sla_monitor.domain.timeutil import from_micros, to_micros
+from sla_monitor.sources._watermark import WatermarkMode, completed_up_to
 from sla_monitor.sources.abc import PollResult, Rejected, SourceOptions
 
 _HEAD = 64  # bytes that identify a file (and its rotated copy)
 _CHUNK = 1 << 16
 _IDLE_POLLS = 3  # a renamed file unchanged for this many polls is done
 MAX_LINE_BYTES = 1 << 20
-FUTURE_TOLERANCE = timedelta(days=1)  # as the default limits.future
 
 
 @dataclass(frozen=True)
@@ -264,23 +263,10 @@ def _read(
     return budget
 
 
-def latest_event_watermark(
-    state: dict[str, Any], events: list[Event], now: datetime
-) -> datetime | None:
-    """For files written in time order: complete up to the newest event seen so far. An
-    event stamped more than a day after `now` does not count (the monitor rejects it too):
-    one bad clock must not pin the watermark in the future."""
-    limit = to_micros(now + FUTURE_TOLERANCE)
-    latest = max((us for e in events if (us := to_micros(e.occurred_at)) <= limit), default=None)
-    if latest is not None and latest > state.get("latest_us", latest - 1):
-        state["latest_us"] = latest
-    return from_micros(state["latest_us"]) if "latest_us" in state else None
-
-
 class TailOptions(SourceOptions):
     """Options every file-tailing source shares."""
 
-    watermark: Literal["read_time", "latest_event"] = "read_time"
+    watermark: WatermarkMode = "read_time"
     max_lines_per_poll: int = Field(50_000, gt=0)
     max_line_bytes: int = Field(MAX_LINE_BYTES, gt=0, description="longer lines are rejected")
 
@@ -321,9 +307,6 @@ def tail_poll(
         elif item is not None:
             result.rejected.append(item)
     if not result.more:
-        if options.watermark == "read_time":
-            result.watermark = now
-        else:
-            result.watermark = latest_event_watermark(state, result.events, now)
+        result.watermark = completed_up_to(options.watermark, state, result.events, now)
     result.cursor = json.dumps(state, sort_keys=True)
     return result
