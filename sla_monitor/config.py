@@ -351,6 +351,24 @@ class Config:
         db = self.settings.database
         return db if isinstance(db, str) else db.resolve()
 
+    def unmatched_sources(self) -> list[str]:
+        """Configured sources whose contacts no policy rule can take (they would get no targets
+        and be counted in sla_contacts_unmatched_total)."""
+        out = []
+        for i, src in enumerate(self.settings.sources):
+            if src.channel is None:
+                continue
+            queues: list[str | None] = list(src.queues) or [None]
+            for queue in queues:
+                if not self.policy.could_match(src.channel, queue):
+                    where = f"queue {queue!r} of " if queue else ""
+                    out.append(
+                        f"sources[{i}] ({src.name}): no policy rule matches {where}channel "
+                        f"{src.channel.value!r}; its contacts would have no targets — add a rule "
+                        "(policy.rules) that matches it"
+                    )
+        return out
+
 
 # -- loading ----------------------------------------------------------------------------
 

@@ -63,3 +63,8 @@ def policy(**overrides: Any) -> Policy:
         ),
         **overrides,
     )
+
+
+def stored_events(tx: Any) -> int:
+    """How many events a store transaction sees (`tx`: adapters.abc.Transaction)."""
+    return sum(len(evs) for evs in tx.events.by_contact())

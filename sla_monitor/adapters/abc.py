@@ -17,7 +17,6 @@ from typing import Protocol
 
 from sla_monitor.adapters.records import (
     AlertingTarget,
-    Carried,
     CarriedResponses,
     ContactRecord,
     Counts,
@@ -63,8 +62,6 @@ class EventRepository(Protocol):
     def contacts_stored(self, keys: Iterable[ContactKey]) -> set[ContactKey]:
         """Those of these contacts that have stored events."""
         ...
-
-    def count(self) -> int: ...
 
     def id_span(self) -> int:
         """About how many events are stored (cheap: no count)."""
@@ -122,8 +119,6 @@ class CounterRepository(Protocol):
         ...
 
     def carried_responses(self) -> Iterator[CarriedResponses]: ...
-
-    def carried(self, counter: Carried) -> Counts: ...
 
     def queues_seen(self) -> list[tuple[str, str, str]]:
         """(source, channel, queue) of every stored contact."""

@@ -160,9 +160,6 @@ class _Events(_Role):
     def contacts_stored(self, keys: Iterable[ContactKey]) -> set[ContactKey]:
         return {k for k in keys if self.t.by_contact.get(k)}
 
-    def count(self) -> int:
-        return len(self.t.events)
-
     def id_span(self) -> int:
         ids = [i for i, _e in self.t.events.values()]
         return max(ids) - min(ids) + 1 if ids else 0
@@ -273,9 +270,6 @@ class _Counters(_Role):
     def carried_responses(self) -> Iterator[CarriedResponses]:
         for (ch, q, target, le_ms), (n, total) in list(self.t.carried_responses.items()):
             yield CarriedResponses(ch, q, target, le_ms / 1000, n, total)
-
-    def carried(self, counter: Carried) -> Counts:
-        return [(k, n) for k, n in self.t.carried.get(counter, Counter()).items() if n]
 
     def queues_seen(self) -> list[tuple[str, str, str]]:
         return sorted({(c.source, c.channel, c.queue) for c in self.t.contacts.values()})

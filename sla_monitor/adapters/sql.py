@@ -354,9 +354,6 @@ class _Events(_Role):
             out.update((r[0], r[1]) for r in self.conn.execute(q))
         return out
 
-    def count(self) -> int:
-        return int(self.conn.execute(select(func.count()).select_from(EVENTS)).scalar_one())
-
     def id_span(self) -> int:
         q = select(func.min(EVENTS.c.id), func.max(EVENTS.c.id))
         low, high = self.conn.execute(q).one()
@@ -535,11 +532,11 @@ class _Counters(_Role):
         totals: Counter[tuple[str, ...]] = Counter()
         for r in self.conn.execute(grouped):
             totals[tuple(r[:-1])] += int(r[-1])
-        for labels, n in self.carried(counter):
+        for labels, n in self._carried(counter):
             totals[labels] += n
         return list(totals.items())
 
-    def carried(self, counter: Carried) -> Counts:
+    def _carried(self, counter: Carried) -> Counts:
         q = select(CARRIED.c.labels, CARRIED.c.value).where(CARRIED.c.metric == counter.value)
         return [(tuple(json.loads(r[0])), int(r[1])) for r in self.conn.execute(q)]
 
@@ -563,7 +560,7 @@ class _Counters(_Role):
         pol = select(POLLS.c.result, POLLS.c.count).where(POLLS.c.source == source)
         skp = select(SKIPPED.c.reason, SKIPPED.c.count).where(SKIPPED.c.source == source)
         lat = select(LATE.c.count).where(LATE.c.source == source)
-        carried = [(k, n) for k, n in self.carried(Carried.INGESTED) if k[0] == source]
+        carried = [(k, n) for k, n in self._carried(Carried.INGESTED) if k[0] == source]
         conn = self.conn
         return SourceCounts(
             ingested=[((source, r[0]), int(r[1])) for r in conn.execute(ing)] + carried,

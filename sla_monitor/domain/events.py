@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -214,14 +213,6 @@ def event_from_dict(raw: Mapping[str, Any], source: str | None = None) -> Event:
         status=status,
         reason=_text(raw, "reason", False),
     )
-
-
-def event_from_json(line: str, source: str | None = None) -> Event:
-    try:
-        raw = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise EventError("bad_json", f"not valid JSON: {exc.msg} at column {exc.colno}") from None
-    return event_from_dict(raw, source)
 
 
 def normalize(events: list[Event]) -> list[Event]:

@@ -3,37 +3,32 @@
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import logging
 import signal
 import sys
 import threading
 import time
-import zlib
-from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any
 
 from sla_monitor import __version__
 from sla_monitor.adapters import open_store
 from sla_monitor.adapters.abc import Store
 from sla_monitor.config import Config, ConfigError, default_config_path, load_config
 from sla_monitor.domain.calendar import CONTINUOUS, CalendarError, TargetClock
-from sla_monitor.domain.events import Event
 from sla_monitor.domain.timeutil import (
-    format_duration,
     from_micros,
     iso,
     parse_duration,
     parse_instant,
 )
+from sla_monitor.entrypoints import render
 from sla_monitor.sources import validate_source_config
 from sla_monitor.sources._tail import MAX_LINE_BYTES
 from sla_monitor.sources.abc import Rejected
-from sla_monitor.sources.jsonl import parse_line
+from sla_monitor.sources.jsonl import EventFile
 
 log = logging.getLogger("sla_monitor")
 
@@ -80,28 +75,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"{args.config}: OK — {len(s.policy.rules)} policy rules, {len(s.calendars)} calendars, "
         f"{len(s.sources)} sources ({', '.join(f'{x.name} [{x.kind}]' for x in s.sources) or '-'})"
     )
-    for warning in unmatched_sources(config):
+    for warning in config.unmatched_sources():
         print(f"{args.config}: warning: {warning}", file=sys.stderr)
     return 0
-
-
-def unmatched_sources(config: Config) -> list[str]:
-    """Configured sources whose contacts no policy rule can take (they would get no targets
-    and be counted in sla_contacts_unmatched_total)."""
-    out = []
-    for i, src in enumerate(config.settings.sources):
-        if src.channel is None:
-            continue
-        queues: list[str | None] = list(src.queues) or [None]
-        for queue in queues:
-            if not config.policy.could_match(src.channel, queue):
-                where = f"queue {queue!r} of " if queue else ""
-                out.append(
-                    f"sources[{i}] ({src.name}): no policy rule matches {where}channel "
-                    f"{src.channel.value!r}; its contacts would have no targets — add a rule "
-                    "(policy.rules) that matches it"
-                )
-    return out
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -150,147 +126,41 @@ def _store(config: Config, args: argparse.Namespace) -> Store:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from sla_monitor.service_layer.clock import SystemClock
+    from sla_monitor.service_layer.ingest import ImportSummary, advance, import_events
     from sla_monitor.service_layer.monitor import Monitor
 
     config = load_config(args.config, validate_source_config)
-    store = _store(config, args)
-    monitor = Monitor(store, config, SystemClock())
-    monitor.load()
     path = Path(args.file)
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
     if args.max_line_bytes < 1:
         raise UsageError("--max-line-bytes must be at least 1")
-    events: dict[str, list[Event]] = {}
-    rejected: dict[str, list[Rejected]] = {}
-    totals = {"lines": 0, "events": 0, "new": 0, "rejected": 0, "archived": 0}
-    reasons: Counter[str] = Counter()
-    last = time.monotonic()
+    store = _store(config, args)
+    monitor = Monitor(store, config, SystemClock())
+    monitor.load()
     watermark = args.watermark or datetime.now(UTC)
+    lines = EventFile(path, args.source, args.max_line_bytes)
+    last = time.monotonic()
 
-    seen: set[str] = set()
+    def progress(summary: ImportSummary, _items: int) -> None:
+        nonlocal last
+        if time.monotonic() - last >= 1.0:
+            print(render.ingest_progress(lines.lines, summary), file=sys.stderr, flush=True)
+            last = time.monotonic()
 
-    def flush() -> None:
-        for source in sorted(set(events) | set(rejected)):
-            seen.add(source)
-            summary = monitor.ingest(source, events.get(source, []), rejected.get(source, []))
-            totals["new"] += summary.new
-            reasons.update(summary.reasons)
-        events.clear()
-        rejected.clear()
-
-    def set_aside(item: Rejected) -> None:
-        # counted under the source the line names, where it names one
-        rejected.setdefault(item.source or args.source, []).append(item)
-        totals["rejected"] += 1
+    def rejected(item: Rejected) -> None:
         print(f"rejected: {item.detail}", file=sys.stderr)
 
-    defaults = {"source": args.source}
-    problems: list[str] = []
-    with _open_events(path) as fh:
-        for n, raw in enumerate(_lines(fh, path, problems, args.max_line_bytes), 1):
-            where = f"{path}:{n}"
-            if raw is None:
-                set_aside(
-                    Rejected(
-                        "too_long",
-                        f"{where}: line longer than {args.max_line_bytes} bytes "
-                        "(--max-line-bytes); skipped",
-                        "",
-                    )
-                )
-                continue
-            try:
-                text = raw.decode("utf-8").strip()
-            except UnicodeDecodeError as exc:
-                payload = raw.decode("utf-8", "backslashreplace").strip()
-                set_aside(
-                    Rejected(
-                        "bad_encoding",
-                        f"{where}: not valid UTF-8 (byte {exc.start} of the line)",
-                        payload,
-                        _named_source(raw.decode("utf-8", "replace")),
-                    )
-                )
-                continue
-            if not text:
-                continue
-            totals["lines"] += 1
-            item = parse_line(text, None, defaults, where)
-            if isinstance(item, Event):
-                events.setdefault(item.source, []).append(item)
-                totals["events"] += 1
-            else:
-                set_aside(item)
-            if totals["lines"] % 20000 == 0:
-                flush()
-                if time.monotonic() - last >= 1.0:
-                    print(
-                        f"ingest: {totals['lines']} lines, {totals['new']} new events, "
-                        f"{sum(reasons.values())} set aside",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    last = time.monotonic()
-    flush()
-    # The watermark applies once the whole file is in: every source named in it has been
-    # read completely up to that instant, so deadlines before it can now be judged.
-    if not problems:  # a file cut short does not hold every event up to the watermark
-        for source in sorted(seen):
-            monitor.ingest(source, [], [], watermark)
-    aside = sum(reasons.values())
-    archived = reasons.get("archived", 0)
-    stored = totals["events"] - totals["new"] - (aside - totals["rejected"])  # the rest
-    why = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items()) if r != "archived")
-    print(
-        f"ingested {path}: {totals['lines']} lines, {totals['events']} events "
-        f"({totals['new']} new, {stored} already stored"
-        + (f", {archived} set aside as older than the archive horizon" if archived else "")
-        + f"), {aside - archived} rejected"
-        + (f" ({why})" if why else "")
-        + "; "
-        + ("watermark not advanced (file cut short)" if problems else f"watermark {iso(watermark)}")
-    )
+    summary = import_events(monitor, lines, args.source, rejected, progress)
+    for problem in lines.problems:
+        print(problem, file=sys.stderr)
+    if not lines.problems:  # a file cut short does not hold every event up to the watermark
+        advance(monitor, summary.sources, watermark)
+    print(render.ingested(path, lines.lines, summary, None if lines.problems else watermark))
     store.close()
-    if problems:
+    if lines.problems:
         return 1
-    return 1 if args.strict and aside else 0
-
-
-def _named_source(payload: str) -> str | None:
-    """The source a rejected line names, if it is readable enough to tell."""
-    try:
-        raw = json.loads(payload)
-    except ValueError:
-        return None
-    named = raw.get("source") if isinstance(raw, dict) else None
-    ok = isinstance(named, str) and 0 < len(named) <= 200 and "\x00" not in named
-    return named if ok else None
-
-
-def _open_events(path: Path) -> IO[bytes]:
-    """A file of event lines; .gz for archive files (`sla-monitor archive`)."""
-    if path.suffix == ".gz":
-        return cast(IO[bytes], gzip.open(path, "rb"))
-    return path.open("rb")
-
-
-def _lines(
-    fh: IO[bytes], path: Path, problems: list[str], max_bytes: int
-) -> Iterator[bytes | None]:
-    """The file's lines; None for one longer than `max_bytes` (never held in memory whole)."""
-    try:
-        while raw := fh.readline(max_bytes + 1):
-            if len(raw) <= max_bytes or raw.endswith(b"\n"):
-                yield raw
-                continue
-            while (rest := fh.readline(1 << 16)) and not rest.endswith(b"\n"):
-                pass  # skip to the end of the over-long line
-            yield None
-    except (EOFError, OSError, zlib.error) as exc:
-        # a gzip file cut short (a crash while archiving): every line before it is intact
-        problems.append(f"{path}: stopped reading early: {exc}")
-        print(problems[-1], file=sys.stderr)
+    return 1 if args.strict and summary.set_aside else 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -303,11 +173,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise UsageError("--workers must be at least 1")
     summary = replay(store, config, as_of, _progress("replay"), args.workers)
-    print(
-        f"replayed {summary.contacts} contacts, {summary.targets} targets, "
-        f"{summary.repeats} repeat contacts as of {iso(as_of)} in "
-        f"{time.monotonic() - started:.1f}s"
-    )
+    print(render.replayed(summary, as_of, time.monotonic() - started))
     store.close()
     return 0
 
@@ -332,77 +198,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(result, indent=2))
     else:
-        print(render_report(result))
+        print(render.report(result))
     return 0
-
-
-def render_report(r: dict[str, Any]) -> str:
-    period = f"{r['from'] or 'start'} .. {r['to'] or 'end'}"
-    lines = [f"Compliance report, {period}, as of {r['as_of']}", ""]
-    head = (
-        "channel",
-        "queue",
-        "target",
-        "met",
-        "breached",
-        "cancel",
-        "aband",
-        "short",
-        "open",
-        "compliance",
-        "p50",
-        "p90",
-        "p99",
-    )
-    rows = [head]
-    for t in r["targets"]:
-        rs = t["response_seconds"] or {}
-        rows.append(
-            (
-                t["channel"],
-                t["queue"],
-                t["target"],
-                str(t["met"]),
-                str(t["breached"]),
-                str(t["cancelled"]),
-                str(t["abandoned"]),
-                str(t["abandoned_short"]),
-                str(t["open"]),
-                f"{t['compliance'] * 100:.1f}%" if t["compliance"] is not None else "-",
-                *(
-                    format_duration(timedelta(seconds=round(rs[p]))) if p in rs else "-"
-                    for p in ("p50", "p90", "p99")
-                ),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    if r["contacts"]:
-        lines += ["", "Contacts opened and repeat contacts (customers who had to ask twice):"]
-        for c in r["contacts"]:
-            lines.append(
-                f"  {c['channel']:<8} {c['queue']:<20} opened {c['opened']:>6}   "
-                f"repeat {c['repeat_contacts']:>5}"
-            )
-    archived = r.get("archived_before") or {}
-    if archived and (
-        r["from"] is None
-        or parse_instant(r["from"]) < max(parse_instant(t) for t in archived.values())
-    ):
-        lines += [
-            "",
-            "Archived: contacts of "
-            + ", ".join(f"{src} quiet before {when}" for src, when in archived.items())
-            + " were moved out by `sla-monitor archive` and are not counted here; ingest the "
-            "archive files into a separate database to report on that period.",
-        ]
-    if r["service_level"]:
-        lines += ["", "Phone service level:"]
-        for s in r["service_level"]:
-            value = f"{s['value'] * 100:.1f}%" if s["value"] is not None else "-"
-            lines.append(f"  {s['queue']:<20} {value}  ({s['formula']})")
-    return "\n".join(lines)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -427,41 +224,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(result, indent=2))
         return 0
-    print(
-        f"Contact {result['contact']}  ({result['channel']}, queue {result['queue']}, "
-        f"priority {result['priority']}, customer {result['customer']}, status {result['status']})"
-    )
-    print(
-        f"Policy rule: {result['rule'] or '(none matched: no targets)'}"
-        + (f"   Repeat of: {result['repeat_of']}" if result["repeat_of"] else "")
-    )
-    read = result["source_watermark"]
-    print(
-        f"As of {result['as_of']}; "
-        + (f"source read completely up to {read}" if read else "source never read completely")
-    )
-    print("\nTimeline:")
-    for e in result["events"]:
-        extra = e.get("status") or e.get("priority") or e.get("reason") or ""
-        print(f"  {e['occurred_at']}  {e['kind']:<18} {extra}")
-    print("\nTargets:")
-    for t in result["targets"]:
-        resp = (
-            f", answered after {format_duration(timedelta(seconds=t['response_seconds']))}"
-            if t["response_seconds"] is not None
-            else ""
-        )
-        print(
-            f"  {t['target']}#{t['seq']}: {t['state'].upper()}  within "
-            f"{format_duration(timedelta(seconds=t['within']))} ({t['clock']} clock), started "
-            f"{t['started_at']}, deadline {t['deadline'] or 'moving (paused)'}{resp}"
-        )
-        if t.get("recomputed_outcome"):
-            print(
-                f"    decided {t['outcome']} before an event arrived late (older than its "
-                f"source's watermark); recomputed it would be {t['recomputed_outcome']} — "
-                "decided outcomes stand, `replay` recomputes"
-            )
+    print(render.explanation(result))
     return 0
 
 
@@ -492,27 +255,9 @@ def cmd_archive(args: argparse.Namespace) -> int:
         return 1
     finally:
         store.close()
-    dry = path is None
-    where = "" if path is None else f" to {path} ({path.stat().st_size:,} bytes)"
-    print(
-        f"{'would archive' if dry else 'archived'} {_n(s.contacts, 'contact')} "
-        f"({_n(s.events, 'event')}, {_n(s.targets, 'target')}) quiet since before "
-        f"{iso(s.before)}{where}; counters unchanged"
-    )
-    print(
-        f"{_n(s.remaining_before, 'contact')} opened before {iso(s.before)} "
-        f"{'would stay' if dry else ('stays' if s.remaining_before == 1 else 'stay')} stored: "
-        f"open targets, pending deadlines or events since; {s.kept_linked:,} of them "
-        "because a contact that stays could be a repeat of them"
-    )
-    for name, watermark in sorted(s.behind.items()):
-        seen = iso(watermark) if watermark else "never"
-        print(f"source {name} skipped: read completely only up to {seen}")
+    for line in render.archived(s, path):
+        print(line)
     return 0
-
-
-def _n(count: int, noun: str) -> str:
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def _clock(config: Config | None, name: str) -> TargetClock:
@@ -523,27 +268,6 @@ def _clock(config: Config | None, name: str) -> TargetClock:
         known = ", ".join(["calendar", *sorted(calendars)])
         raise UsageError(f"unknown calendar {name!r} (known: {known})")
     return calendars[name]
-
-
-def iso_duration(d: timedelta) -> str:
-    micros = round(d.total_seconds() * 1_000_000)
-    sign = "-" if micros < 0 else ""
-    micros = abs(micros)
-    secs, frac = divmod(micros, 1_000_000)
-    h, rest = divmod(secs, 3600)
-    m, s = divmod(rest, 60)
-    out = "PT" + (f"{h}H" if h else "") + (f"{m}M" if m else "")
-    if s or frac or out == "PT":
-        out += (f"{s}.{frac:06d}".rstrip("0").rstrip(".") if frac else str(s)) + "S"
-    return sign + out
-
-
-def _exact_seconds(d: timedelta) -> str:
-    """Seconds with every digit a timedelta has (never exponent notation)."""
-    us = d // timedelta(microseconds=1)
-    sign, us = ("-", -us) if us < 0 else ("", us)
-    whole, frac = divmod(us, 1_000_000)
-    return f"{sign}{whole}" + (f".{frac:06d}".rstrip("0") if frac else "")
 
 
 def cmd_due(args: argparse.Namespace) -> int:
@@ -558,7 +282,7 @@ def cmd_due(args: argparse.Namespace) -> int:
             print(iso(clock.add(args.from_, args.after)))
         else:
             d = clock.between(args.from_, args.to)
-            print(iso_duration(d) if args.format == "iso" else _exact_seconds(d))
+            print(render.iso_duration(d) if args.format == "iso" else render.exact_seconds(d))
     except CalendarError as exc:
         raise UsageError(str(exc)) from None
     return 0

@@ -51,7 +51,6 @@ class AlertFacts:
     customer: str | None
     started_at: datetime
     deadline: datetime | None
-    within: timedelta
     state: str
     lapse_severity: str = "page"  # page | ticket | none
     risk_severity: str = "warning"  # warning | ticket | none
@@ -70,7 +69,6 @@ def facts_from(ev: ContactEvaluation, t: TargetResult) -> AlertFacts:
         a.customer_id,
         t.started_at,
         t.deadline,
-        t.within,
         t.state.value,
         t.lapse_severity,
         t.risk_severity,
@@ -93,7 +91,6 @@ def _facts_of_row(
         r.customer_id,
         from_micros(r.started_us),
         from_micros(r.deadline_us) if r.deadline_us is not None else None,
-        timedelta(0),
         r.state,
         lapse,
         risk,
@@ -145,7 +142,6 @@ class AlertmanagerPublisher:
         self._dirty = False
         self._stop = False
         self._thread: threading.Thread | None = None
-        self.sent_batches = 0
         # held by the monitor while it evaluates and commits: taking it before a snapshot
         # means a page never goes out for a contact the store does not have yet
         self.commit_lock: threading.RLock | None = None
@@ -304,7 +300,6 @@ class AlertmanagerPublisher:
                         "alertmanager %s unreachable (%s); alerts kept and re-sent", url, exc
                     )
             if ok:
-                self.sent_batches += 1
                 accepted = time.monotonic()
                 with self._cond:
                     for key in resolved[url]:

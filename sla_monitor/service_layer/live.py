@@ -96,7 +96,6 @@ class SourceHealth:
     last_success: datetime | None = None
     watermark: datetime | None = None
     last_duration: float | None = None
-    last_error: str | None = None
     previous_watermark: datetime | None = None
     watermark_arrived_wall: float | None = None  # time.time() when that watermark arrived
     consecutive_failures: int = 0

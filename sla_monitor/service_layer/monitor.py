@@ -336,18 +336,16 @@ class Monitor:
             )
             health = self.live.sources.setdefault(source, SourceHealth(source, kind))
             health.up, health.last_success, health.last_duration = True, now, duration
-            health.last_error, health.consecutive_failures = None, 0
+            health.consecutive_failures = 0
             return summary
 
-    def poll_failed(
-        self, source: str, kind: str, error: str, duration: float, result: str = "error"
-    ) -> None:
+    def poll_failed(self, source: str, kind: str, duration: float, result: str = "error") -> None:
         """A poll that failed: the source reports down at once; the failure is counted in
         the store (and then on /metrics) as soon as the store takes it, even after an
         outage of the store itself."""
         with self.lock:
             health = self.live.sources.setdefault(source, SourceHealth(source, kind))
-            health.up, health.last_duration, health.last_error = False, duration, error
+            health.up, health.last_duration = False, duration
             health.consecutive_failures += 1
             self._unsaved_polls[(source, result)] += 1
             if self.store_error is not None:

@@ -107,9 +107,7 @@ class Runtime:
                     exc,
                     exc_info=log.isEnabledFor(logging.DEBUG),
                 )
-            self.monitor.poll_failed(
-                name, cfg.kind, "store unavailable", time.perf_counter() - started
-            )
+            self.monitor.poll_failed(name, cfg.kind, time.perf_counter() - started)
             self._poll_again(name, self._backoff(cfg, 1))
             return
         self.polled.add(name)
@@ -128,7 +126,7 @@ class Runtime:
 
     def _failed(self, name: str, cfg: SourceConfig, exc: Exception, duration: float) -> None:
         result = exc.result if isinstance(exc, SourceError) else "error"
-        self.monitor.poll_failed(name, cfg.kind, str(exc), duration, result)
+        self.monitor.poll_failed(name, cfg.kind, duration, result)
         self.polled.add(name)
         failures = self.monitor.live.sources[name].consecutive_failures
         if isinstance(exc, SourceError) and exc.retry_after is not None:

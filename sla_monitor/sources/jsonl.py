@@ -1,12 +1,15 @@
 """`jsonl`: normalized events from a JSON-lines file, or a folder of them, read
-incrementally (see tail.py for growth, truncation, rotation and half-written lines)."""
+incrementally (see _tail.py for growth, truncation, rotation and half-written lines)."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 from pydantic import Field
 
@@ -65,3 +68,73 @@ class JsonlSource:
 
     def close(self) -> None:
         pass
+
+
+class EventFile:
+    """The events of one file for `ingest` (.jsonl, or .jsonl.gz as `archive` writes): an
+    Event or a Rejected per line, in order. Lines longer than `max_line_bytes` are rejected
+    without being held in memory; a file cut short (a crash while archiving) ends early,
+    with `problems` saying so, every line before it intact."""
+
+    def __init__(self, path: Path, default_source: str, max_line_bytes: int) -> None:
+        self.path = path
+        self.defaults = {"source": default_source}
+        self.max_bytes = max_line_bytes
+        self.lines = 0  # non-blank lines read whole and decoded
+        self.problems: list[str] = []
+
+    def __iter__(self) -> Iterator[Event | Rejected]:
+        path = self.path
+        with _open(path) as fh:
+            for n, raw in enumerate(self._raw_lines(fh), 1):
+                where = f"{path}:{n}"
+                if raw is None:
+                    yield Rejected(
+                        "too_long",
+                        f"{where}: line longer than {self.max_bytes} bytes "
+                        "(--max-line-bytes); skipped",
+                        "",
+                    )
+                    continue
+                try:
+                    text = raw.decode("utf-8").strip()
+                except UnicodeDecodeError as exc:
+                    yield Rejected(
+                        "bad_encoding",
+                        f"{where}: not valid UTF-8 (byte {exc.start} of the line)",
+                        raw.decode("utf-8", "backslashreplace").strip(),
+                        _named_source(raw.decode("utf-8", "replace")),
+                    )
+                    continue
+                if text:
+                    self.lines += 1
+                    yield parse_line(text, None, self.defaults, where)
+
+    def _raw_lines(self, fh: IO[bytes]) -> Iterator[bytes | None]:
+        """The file's lines; None for one longer than the limit."""
+        try:
+            while raw := fh.readline(self.max_bytes + 1):
+                if len(raw) <= self.max_bytes or raw.endswith(b"\n"):
+                    yield raw
+                    continue
+                while (rest := fh.readline(1 << 16)) and not rest.endswith(b"\n"):
+                    pass  # skip to the end of the over-long line
+                yield None
+        except (EOFError, OSError, zlib.error) as exc:
+            self.problems.append(f"{self.path}: stopped reading early: {exc}")
+
+
+def _open(path: Path) -> IO[bytes]:
+    """.gz for archive files (`sla-monitor archive`)."""
+    return cast(IO[bytes], gzip.open(path, "rb")) if path.suffix == ".gz" else path.open("rb")
+
+
+def _named_source(payload: str) -> str | None:
+    """The source a rejected line names, if it is readable enough to tell."""
+    try:
+        raw = json.loads(payload)
+    except ValueError:
+        return None
+    named = raw.get("source") if isinstance(raw, dict) else None
+    ok = isinstance(named, str) and 0 < len(named) <= 200 and "\x00" not in named
+    return named if ok else None

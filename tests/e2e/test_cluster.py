@@ -22,6 +22,7 @@ from sla_monitor.adapters.sql import SqlStore
 from sla_monitor.domain.timeutil import iso
 
 from ..conftest import SHIPPED_CONFIG, PostgresServer, free_port
+from ..helpers import stored_events
 from ..promstack import AM_CONFIG, Alertmanager
 
 SOURCES = ["pbx-a", "pbx-b", "pbx-c"]
@@ -193,7 +194,7 @@ def test_three_replicas_survive_a_sigkill(postgres: PostgresServer, tmp_path: Pa
 
         def all_in() -> bool:
             with store.begin() as conn:
-                return conn.events.count() == written
+                return stored_events(conn) == written
 
         wait_for("every event stored", all_in, 40)
 

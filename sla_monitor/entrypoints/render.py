@@ -1,0 +1,205 @@
+"""How the CLI shows results: text for people (JSON is printed as it comes)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sla_monitor.domain.timeutil import format_duration, iso, parse_instant
+from sla_monitor.service_layer.archive import ArchiveSummary
+from sla_monitor.service_layer.ingest import ImportSummary
+from sla_monitor.service_layer.recompute import ReplaySummary
+
+_NOT_ADVANCED = "watermark not advanced (file cut short)"
+
+
+def ingest_progress(lines: int, s: ImportSummary) -> str:
+    return f"ingest: {lines} lines, {s.new} new events, {s.set_aside} set aside"
+
+
+def ingested(path: Path, lines: int, s: ImportSummary, watermark: datetime | None) -> str:
+    """The summary line of `ingest` (`watermark` None: not advanced, the file was cut short)."""
+    aside = s.set_aside
+    archived = s.reasons.get("archived", 0)
+    stored = s.events - s.new - (aside - s.rejected)  # the rest was stored before
+    why = ", ".join(f"{r} {n}" for r, n in sorted(s.reasons.items()) if r != "archived")
+    return (
+        f"ingested {path}: {lines} lines, {s.events} events "
+        f"({s.new} new, {stored} already stored"
+        + (f", {archived} set aside as older than the archive horizon" if archived else "")
+        + f"), {aside - archived} rejected"
+        + (f" ({why})" if why else "")
+        + "; "
+        + (
+            f"watermark {iso(watermark)}"
+            if watermark
+            else "watermark not advanced (file cut short)"
+        )
+    )
+
+
+def replayed(s: ReplaySummary, as_of: datetime, seconds: float) -> str:
+    return (
+        f"replayed {s.contacts} contacts, {s.targets} targets, "
+        f"{s.repeats} repeat contacts as of {iso(as_of)} in {seconds:.1f}s"
+    )
+
+
+def report(r: dict[str, Any]) -> str:
+    """A compliance report (`report --format text`)."""
+    period = f"{r['from'] or 'start'} .. {r['to'] or 'end'}"
+    lines = [f"Compliance report, {period}, as of {r['as_of']}", ""]
+    head = (
+        "channel",
+        "queue",
+        "target",
+        "met",
+        "breached",
+        "cancel",
+        "aband",
+        "short",
+        "open",
+        "compliance",
+        "p50",
+        "p90",
+        "p99",
+    )
+    rows = [head]
+    for t in r["targets"]:
+        rs = t["response_seconds"] or {}
+        rows.append(
+            (
+                t["channel"],
+                t["queue"],
+                t["target"],
+                str(t["met"]),
+                str(t["breached"]),
+                str(t["cancelled"]),
+                str(t["abandoned"]),
+                str(t["abandoned_short"]),
+                str(t["open"]),
+                f"{t['compliance'] * 100:.1f}%" if t["compliance"] is not None else "-",
+                *(
+                    format_duration(timedelta(seconds=round(rs[p]))) if p in rs else "-"
+                    for p in ("p50", "p90", "p99")
+                ),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    if r["contacts"]:
+        lines += ["", "Contacts opened and repeat contacts (customers who had to ask twice):"]
+        for c in r["contacts"]:
+            lines.append(
+                f"  {c['channel']:<8} {c['queue']:<20} opened {c['opened']:>6}   "
+                f"repeat {c['repeat_contacts']:>5}"
+            )
+    archived = r.get("archived_before") or {}
+    if archived and (
+        r["from"] is None
+        or parse_instant(r["from"]) < max(parse_instant(t) for t in archived.values())
+    ):
+        lines += [
+            "",
+            "Archived: contacts of "
+            + ", ".join(f"{src} quiet before {when}" for src, when in archived.items())
+            + " were moved out by `sla-monitor archive` and are not counted here; ingest the "
+            "archive files into a separate database to report on that period.",
+        ]
+    if r["service_level"]:
+        lines += ["", "Phone service level:"]
+        for s in r["service_level"]:
+            value = f"{s['value'] * 100:.1f}%" if s["value"] is not None else "-"
+            lines.append(f"  {s['queue']:<20} {value}  ({s['formula']})")
+    return "\n".join(lines)
+
+
+def explanation(result: dict[str, Any]) -> str:
+    """One contact's timeline and targets (`explain --format text`)."""
+    out: list[str] = []
+    out.append(
+        f"Contact {result['contact']}  ({result['channel']}, queue {result['queue']}, "
+        f"priority {result['priority']}, customer {result['customer']}, status {result['status']})"
+    )
+    out.append(
+        f"Policy rule: {result['rule'] or '(none matched: no targets)'}"
+        + (f"   Repeat of: {result['repeat_of']}" if result["repeat_of"] else "")
+    )
+    read = result["source_watermark"]
+    out.append(
+        f"As of {result['as_of']}; "
+        + (f"source read completely up to {read}" if read else "source never read completely")
+    )
+    out += ["", "Timeline:"]
+    for e in result["events"]:
+        extra = e.get("status") or e.get("priority") or e.get("reason") or ""
+        out.append(f"  {e['occurred_at']}  {e['kind']:<18} {extra}")
+    out += ["", "Targets:"]
+    for t in result["targets"]:
+        resp = (
+            f", answered after {format_duration(timedelta(seconds=t['response_seconds']))}"
+            if t["response_seconds"] is not None
+            else ""
+        )
+        out.append(
+            f"  {t['target']}#{t['seq']}: {t['state'].upper()}  within "
+            f"{format_duration(timedelta(seconds=t['within']))} ({t['clock']} clock), started "
+            f"{t['started_at']}, deadline {t['deadline'] or 'moving (paused)'}{resp}"
+        )
+        if t.get("recomputed_outcome"):
+            out.append(
+                f"    decided {t['outcome']} before an event arrived late (older than its "
+                f"source's watermark); recomputed it would be {t['recomputed_outcome']} — "
+                "decided outcomes stand, `replay` recomputes"
+            )
+    return "\n".join(out)
+
+
+def archived(s: ArchiveSummary, path: Path | None) -> list[str]:
+    """What `archive` did (or, with `path` None, would do)."""
+    out: list[str] = []
+    dry = path is None
+    where = "" if path is None else f" to {path} ({path.stat().st_size:,} bytes)"
+    out.append(
+        f"{'would archive' if dry else 'archived'} {_n(s.contacts, 'contact')} "
+        f"({_n(s.events, 'event')}, {_n(s.targets, 'target')}) quiet since before "
+        f"{iso(s.before)}{where}; counters unchanged"
+    )
+    out.append(
+        f"{_n(s.remaining_before, 'contact')} opened before {iso(s.before)} "
+        f"{'would stay' if dry else ('stays' if s.remaining_before == 1 else 'stay')} stored: "
+        f"open targets, pending deadlines or events since; {s.kept_linked:,} of them "
+        "because a contact that stays could be a repeat of them"
+    )
+    for name, watermark in sorted(s.behind.items()):
+        seen = iso(watermark) if watermark else "never"
+        out.append(f"source {name} skipped: read completely only up to {seen}")
+    return out
+
+
+def iso_duration(d: timedelta) -> str:
+    """ISO 8601 duration (PT1H2M3.5S), exact to the microsecond."""
+    micros = round(d.total_seconds() * 1_000_000)
+    sign = "-" if micros < 0 else ""
+    micros = abs(micros)
+    secs, frac = divmod(micros, 1_000_000)
+    h, rest = divmod(secs, 3600)
+    m, s = divmod(rest, 60)
+    out = "PT" + (f"{h}H" if h else "") + (f"{m}M" if m else "")
+    if s or frac or out == "PT":
+        out += (f"{s}.{frac:06d}".rstrip("0").rstrip(".") if frac else str(s)) + "S"
+    return sign + out
+
+
+def exact_seconds(d: timedelta) -> str:
+    """Seconds with every digit a timedelta has (never exponent notation)."""
+    us = d // timedelta(microseconds=1)
+    sign, us = ("-", -us) if us < 0 else ("", us)
+    whole, frac = divmod(us, 1_000_000)
+    return f"{sign}{whole}" + (f".{frac:06d}".rstrip("0") if frac else "")
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
