@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test test-faults lint system-deps bench bench-quick clean
+.PHONY: run test test-unit test-faults lint system-deps bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# tests/unit, tests/integration (real servers), tests/e2e (the real process): all three
 test: system-deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The unit layer alone: no servers, no files, seconds (docs/architecture.md)
+test-unit: $(STAMP)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 # Every fault-injection round docs/reliability.md reports (make test runs a few of each).
 test-faults: system-deps $(STAMP)

@@ -6,46 +6,25 @@ on an entrypoint.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 from collections.abc import Callable
-from datetime import UTC, datetime
 from functools import partial
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
 
 from sla_monitor.adapters import open_store
-from sla_monitor.adapters.abc import Store
-from sla_monitor.config import Config, load_config
+from sla_monitor.config import load_config
 from sla_monitor.publishing.alertmanager import AlertmanagerPublisher, DeliveryCollector
 from sla_monitor.publishing.metrics import MonitorCollector
-from sla_monitor.service_layer.clock import AcceleratedClock, Clock, SystemClock
+from sla_monitor.service_layer.clock import choose_clock
 from sla_monitor.service_layer.monitor import Monitor
 from sla_monitor.service_layer.runtime import Endpoint, Runtime
 from sla_monitor.sources import build_source, validate_source_config
 from sla_monitor.sources.abc import SourceContext
 
-log = logging.getLogger(__name__)
 Serve = Callable[[CollectorRegistry, str], Endpoint]  # (registry, listen address)
-
-
-def choose_clock(config: Config, store: Store) -> Clock:
-    """The demo desk may run the monitor's clock faster than real time (speed > 1)."""
-    speed = max(
-        (float(s.options.get("speed", 1.0)) for s in config.settings.sources if s.kind == "demo"),
-        default=1.0,
-    )
-    if speed <= 1.0:
-        return SystemClock()
-    if any(s.kind != "demo" for s in config.settings.sources):
-        log.warning("demo speed %.0fx also speeds up the clock of the other sources", speed)
-    with store.begin() as tx:
-        marks = [s.watermark for s in tx.sources.load().values() if s.watermark]
-    origin = max([datetime.now(UTC), *marks])  # never let a restart move time backwards
-    log.info("demo: the monitor's clock runs %.0fx faster than real time", speed)
-    return AcceleratedClock(speed, origin)
 
 
 def build_app(
@@ -71,12 +50,6 @@ def build_app(
             alerting.resend_interval.total_seconds(),
             alerting.timeout.total_seconds(),
             severities=config.policy.severities,
-        )
-    if cluster.enabled and store.dialect != "postgresql":
-        log.warning(
-            "cluster mode on %s: replicas must share one database; use PostgreSQL "
-            "(docs/scaling.md)",
-            store.dialect,
         )
     # in a cluster, the leader creates its pager when it takes over
     alerts = make_pager() if make_pager and not cluster.enabled else None

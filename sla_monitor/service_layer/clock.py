@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
+
+from sla_monitor.adapters.abc import Store
+from sla_monitor.config import Config
+
+log = logging.getLogger(__name__)
 
 
 class Clock(Protocol):
@@ -56,3 +62,20 @@ class FixedClock:
 
     def to_real(self, at: datetime) -> datetime:
         return at
+
+
+def choose_clock(config: Config, store: Store) -> Clock:
+    """The demo desk may run the monitor's clock faster than real time (speed > 1)."""
+    speed = max(
+        (float(s.options.get("speed", 1.0)) for s in config.settings.sources if s.kind == "demo"),
+        default=1.0,
+    )
+    if speed <= 1.0:
+        return SystemClock()
+    if any(s.kind != "demo" for s in config.settings.sources):
+        log.warning("demo speed %.0fx also speeds up the clock of the other sources", speed)
+    with store.begin() as tx:
+        marks = [s.watermark for s in tx.sources.load().values() if s.watermark]
+    origin = max([datetime.now(UTC), *marks])  # never let a restart move time backwards
+    log.info("demo: the monitor's clock runs %.0fx faster than real time", speed)
+    return AcceleratedClock(speed, origin)

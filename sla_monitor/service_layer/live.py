@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from sys import intern
 
+from sla_monitor.adapters.abc import Transaction
+from sla_monitor.adapters.records import SourceState
+from sla_monitor.domain.events import ContactKey
+
 DEFAULT_BUCKETS = (
     1,
     2,
@@ -183,3 +187,58 @@ class LiveState:
                     break
                 heapq.heappop(heap)  # stale: that target closed or moved
         return out
+
+
+def resume(
+    previous: LiveState, tx: Transaction, sources: dict[str, SourceState]
+) -> tuple[LiveState, dict[ContactKey, ContactKey]]:
+    """The aggregates as the store says they stand (after a restart, or a commit of unknown
+    fate): counters, open targets, source health; detection delays and configured series
+    carry over from `previous`. Also the one key object per contact, for the deadlines."""
+    old = previous
+    live = LiveState(old.buckets)
+    live.detection_delay = old.detection_delay
+    live.series = set(old.series)
+    for name, h in old.sources.items():  # configured sources keep their health
+        live.sources[name] = SourceHealth(**vars(h))
+    for name, s in sources.items():
+        health = live.sources.setdefault(name, SourceHealth(name, s.kind))
+        health.watermark = s.watermark
+        health.last_success = s.last_success
+    for key, n in tx.counters.outcomes():
+        live.outcomes[key] = n
+    for key, n in tx.counters.opened():
+        live.opened[key] = n
+    for key, n in tx.counters.repeats():
+        live.repeats[key] = n
+    for key, n in tx.counters.unmatched():
+        live.unmatched[key] = n
+    for key, n in tx.counters.ingested():
+        live.ingested[key] = n
+    for key, n in tx.counters.rejected():
+        live.rejected[key] = n
+    for key, n in tx.counters.polls():
+        live.polls[key] = n
+    for key, n in tx.counters.skipped():
+        live.skipped[key] = n
+    for key, n in tx.counters.late():
+        live.late[key] = n
+    for ch, q, tg, v in tx.counters.response_times():
+        live.response(ch, q, tg, v)
+    for ch, q, tg, v, n, total in tx.counters.carried_responses():
+        live.response(ch, q, tg, v, n, total)
+    for ch, q, _p in live.opened:  # queues now only in archives keep their zeros
+        live.series.add((ch, q))
+    for _src, ch, q in tx.counters.queues_seen():
+        live.series.add((ch, q))
+    # share one key object per contact between the gauges and the deadline index:
+    # with a million open targets, every copied string costs tens of megabytes
+    contacts: dict[ContactKey, ContactKey] = {}
+    for r in tx.state.open_targets():
+        ck = (intern(r.source), r.conversation_id)
+        ck = contacts.setdefault(ck, ck)
+        live.set_open(
+            (ck[0], ck[1], intern(r.target), r.seq),
+            OpenTarget.of(r.channel, r.queue, r.target, r.state, r.started_us),
+        )
+    return live, contacts

@@ -43,7 +43,6 @@ from sla_monitor.domain.engine import (
     Outcome,
     TargetResult,
     evaluate_contact,
-    find_repeats,
     read_until,
 )
 from sla_monitor.domain.events import ContactKey, Event, Rejected, event_problem
@@ -51,7 +50,8 @@ from sla_monitor.domain.timeutil import from_micros, iso, to_micros
 from sla_monitor.service_layer.aggregates import Labels, TargetChange, diff
 from sla_monitor.service_layer.clock import Clock
 from sla_monitor.service_layer.deadlines import DeadlineIndex
-from sla_monitor.service_layer.live import DEFAULT_BUCKETS, LiveState, OpenTarget, SourceHealth
+from sla_monitor.service_layer.live import DEFAULT_BUCKETS, LiveState, SourceHealth, resume
+from sla_monitor.service_layer.repeats import relink
 from sla_monitor.sources.abc import PollResult
 
 log = logging.getLogger(__name__)
@@ -154,55 +154,10 @@ class Monitor:
     def load(self) -> None:
         """Resume from the store: counters, open targets, deadlines. No recompute. Built
         aside and swapped in whole, so a failed load leaves the old state as it was."""
-        old = self.live
-        live = LiveState(old.buckets)
-        live.detection_delay = old.detection_delay
-        live.series = set(old.series)
         deadlines = DeadlineIndex()
         with self.lock, self.store.begin() as tx:
             sources = tx.sources.load()
-            for name, h in old.sources.items():  # configured sources keep their health
-                live.sources[name] = SourceHealth(**vars(h))
-            for name, s in sources.items():
-                health = live.sources.setdefault(name, SourceHealth(name, s.kind))
-                health.watermark = s.watermark
-                health.last_success = s.last_success
-            for key, n in tx.counters.outcomes():
-                live.outcomes[key] = n
-            for key, n in tx.counters.opened():
-                live.opened[key] = n
-            for key, n in tx.counters.repeats():
-                live.repeats[key] = n
-            for key, n in tx.counters.unmatched():
-                live.unmatched[key] = n
-            for key, n in tx.counters.ingested():
-                live.ingested[key] = n
-            for key, n in tx.counters.rejected():
-                live.rejected[key] = n
-            for key, n in tx.counters.polls():
-                live.polls[key] = n
-            for key, n in tx.counters.skipped():
-                live.skipped[key] = n
-            for key, n in tx.counters.late():
-                live.late[key] = n
-            for ch, q, tg, v in tx.counters.response_times():
-                live.response(ch, q, tg, v)
-            for ch, q, tg, v, n, total in tx.counters.carried_responses():
-                live.response(ch, q, tg, v, n, total)
-            for ch, q, _p in live.opened:  # queues now only in archives keep their zeros
-                live.series.add((ch, q))
-            for _src, ch, q in tx.counters.queues_seen():
-                live.series.add((ch, q))
-            # share one key object per contact between the gauges and the deadline index:
-            # with a million open targets, every copied string costs tens of megabytes
-            contacts: dict[ContactKey, ContactKey] = {}
-            for r in tx.state.open_targets():
-                ck = (sys.intern(r.source), r.conversation_id)
-                ck = contacts.setdefault(ck, ck)
-                live.set_open(
-                    (ck[0], ck[1], sys.intern(r.target), r.seq),
-                    OpenTarget.of(r.channel, r.queue, r.target, r.state, r.started_us),
-                )
+            live, contacts = resume(self.live, tx, sources)
             pending = list(tx.state.pending_wakes())
             for name, state in self.sources.items():  # declared, not stored yet
                 sources.setdefault(name, state)
@@ -824,48 +779,8 @@ class Monitor:
         evaluations: Sequence[ContactEvaluation],
         old_contacts: dict[ContactKey, ContactRecord],
     ) -> None:
-        """Re-link repeat contacts around the contacts whose opening or first personal
-        response changed (only those can change a link), within the repeat window."""
-        window_us = int(self.policy.repeat_window.total_seconds() * 1_000_000)
-        customers: set[str] = set()
-        lo = hi = None
-        for ev in evaluations:
-            a = ev.attributes
-            if not a.customer_id or ev.opened_at is None:
-                continue
-            old = old_contacts.get(ev.key)
-            opened, response = (
-                to_micros(ev.opened_at),
-                (to_micros(ev.first_response_at) if ev.first_response_at else None),
-            )
-            if old is not None and (old.customer_id, old.opened_us, old.first_response_us) == (
-                a.customer_id,
-                opened,
-                response,
-            ):
-                continue
-            customers.add(a.customer_id)
-            lo = opened if lo is None else min(lo, opened)
-            hi = opened if hi is None else max(hi, opened)
-        if not customers or lo is None or hi is None:
-            return
-        rows = tx.state.summaries_near(customers, lo - 2 * window_us, hi + 2 * window_us)
-        current = {s.key: link for s, link in rows if link is not None}
-        wanted = find_repeats([s for s, _ in rows], self.policy.repeat_window)
-        inside = {
-            s.key
-            for s, _ in rows
-            if s.opened_at is not None
-            and lo - window_us <= to_micros(s.opened_at) <= hi + window_us
-        }
-        changed = {k: wanted.get(k) for k in inside if current.get(k) != wanted.get(k)}
-        if not changed:
-            return
-        tx.state.set_repeats(changed)
-        labels = tx.state.contacts_for(list(changed))
-        for key, link in changed.items():
-            r = labels[key]
-            self._defer(_count, self.live.repeats, (r.channel, r.queue), 1 if link else -1)
+        for (channel, queue), n in relink(tx, evaluations, old_contacts, self.policy).items():
+            self._defer(_count, self.live.repeats, (channel, queue), n)
 
     # -- read side ------------------------------------------------------------------------
 

@@ -299,6 +299,12 @@ class Runtime:
                 self.alerts.reconcile(tx.state.alerting())
 
     def start(self) -> None:
+        if self.clustered and self.store.dialect != "postgresql":
+            log.warning(
+                "cluster mode on %s: replicas must share one database; use PostgreSQL "
+                "(docs/scaling.md)",
+                self.store.dialect,
+            )
         if self.clustered:
             self.monitor.owned_sources = set()
             self.monitor.exports_contacts = False
