@@ -23,6 +23,7 @@ from sla_monitor.adapters.records import (
     PendingWake,
     QuietContact,
     RejectedRecord,
+    Row,
     SourceCounts,
     SourceState,
     TargetRecord,
@@ -138,8 +139,9 @@ class StateRepository(Protocol):
         """Remove these contacts' records (and their targets)."""
         ...
 
-    def write(self, contacts: Sequence[ContactRecord], targets: Sequence[TargetRecord]) -> None:
-        """Insert records of contacts that have none (`delete` first to replace)."""
+    def write(self, contacts: Sequence[Row], targets: Sequence[Row]) -> None:
+        """Insert records of contacts that have none (`delete` first to replace): records,
+        or plain tuples in their field order (`records.evaluation_rows`)."""
         ...
 
     def set_repeats(self, links: dict[ContactKey, ContactKey | None]) -> None:

@@ -25,6 +25,7 @@ from sla_monitor.adapters.records import (
     PendingWake,
     QuietContact,
     RejectedRecord,
+    Row,
     SourceCounts,
     SourceState,
     TargetRecord,
@@ -301,15 +302,15 @@ class _State(_Role):
             self.t.contacts.pop(k, None)
             self.t.targets.pop(k, None)
 
-    def write(self, contacts: Sequence[ContactRecord], targets: Sequence[TargetRecord]) -> None:
-        for c in contacts:
-            c = ContactRecord._make(c)  # also from a replay worker's plain tuples
+    def write(self, contacts: Sequence[Row], targets: Sequence[Row]) -> None:
+        for row in contacts:
+            c = ContactRecord._make(row)
             if c.key in self.t.contacts:
                 raise ValueError(f"contact {c.source}:{c.conversation_id} is already stored")
             self.t.contacts[c.key] = c
         by_contact: dict[ContactKey, list[TargetRecord]] = {}
-        for r in targets:
-            r = TargetRecord._make(r)
+        for values in targets:
+            r = TargetRecord._make(values)
             by_contact.setdefault((r.source, r.conversation_id), []).append(r)
         for key, rows in by_contact.items():
             self.t.targets[key] = (*self.t.targets.get(key, ()), *rows)

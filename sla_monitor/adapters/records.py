@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sla_monitor.domain.engine import ContactEvaluation
 from sla_monitor.domain.events import ContactKey, Event
@@ -21,6 +21,7 @@ from sla_monitor.domain.timeutil import from_micros, to_micros
 NO_PRIORITY = "none"  # label for contacts whose source gives no priority
 
 Counts = list[tuple[tuple[str, ...], int]]  # (label values, count) per series
+Row = tuple[Any, ...]  # a record's values as a plain tuple, in its field order
 
 
 @dataclass(frozen=True)
@@ -183,22 +184,24 @@ def decided_of(
     }
 
 
-def evaluation_records(
+def evaluation_rows(
     evaluations: Iterable[ContactEvaluation],
     repeat_links: dict[ContactKey, ContactKey] | None = None,
     contact_labels: dict[ContactKey, tuple[str, str, str]] | None = None,
     target_labels: dict[tuple[str, str, str, int], tuple[str, str, str]] | None = None,
     unmatched_before: set[ContactKey] | None = None,
-) -> tuple[list[ContactRecord], list[TargetRecord]]:
-    """The contact and target records of these evaluations (plain tuples underneath, so a
-    replay worker process can build them and send them back).
+) -> tuple[list[Row], list[Row]]:
+    """The contact and target rows of these evaluations: plain tuples in `ContactRecord`
+    and `TargetRecord` field order. Plain, because replay writes millions: a tuple subclass
+    costs several times more to build, to bind in a bulk insert and to send back from a
+    worker process.
 
     `contact_labels` and `target_labels` keep the labels a contact was counted under when
     it opened, and a target when its outcome was decided, so counters never move between
     series when a contact's priority or queue changes later."""
     links = repeat_links or {}
-    contacts: list[ContactRecord] = []
-    targets: list[TargetRecord] = []
+    contacts: list[Row] = []
+    targets: list[Row] = []
     for ev in evaluations:
         a = ev.attributes
         prio = a.priority or NO_PRIORITY
@@ -210,7 +213,7 @@ def evaluation_records(
         else:
             unmatched = ev.rule is None and ev.opened_at is not None
         contacts.append(
-            ContactRecord(
+            (  # in ContactRecord field order
                 ev.key[0],
                 ev.key[1],
                 ch,
@@ -233,7 +236,7 @@ def evaluation_records(
             tk = (ev.key[0], ev.key[1], t.target.value, t.seq)
             ch, q, p = (target_labels or {}).get(tk) or (a.channel.value, a.queue, prio)
             targets.append(
-                TargetRecord(
+                (  # in TargetRecord field order
                     ev.key[0],
                     ev.key[1],
                     t.target.value,

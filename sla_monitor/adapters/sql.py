@@ -62,6 +62,7 @@ from sla_monitor.adapters.records import (
     PendingWake,
     QuietContact,
     RejectedRecord,
+    Row,
     SourceCounts,
     SourceState,
     TargetRecord,
@@ -595,7 +596,7 @@ class _State(_Role):
         for where in _by_contact(CONTACTS, keys):
             self.conn.execute(delete(CONTACTS).where(where))
 
-    def write(self, contacts: Sequence[ContactRecord], targets: Sequence[TargetRecord]) -> None:
+    def write(self, contacts: Sequence[Row], targets: Sequence[Row]) -> None:
         insert_rows(self.conn, CONTACTS, CONTACT_FIELDS, contacts)
         insert_rows(self.conn, TARGETS, TARGET_FIELDS, targets)
 

@@ -35,7 +35,7 @@ from sla_monitor.adapters.records import (
     ContactRecord,
     SourceState,
     decided_of,
-    evaluation_records,
+    evaluation_rows,
 )
 from sla_monitor.config import Config
 from sla_monitor.domain.engine import (
@@ -718,7 +718,7 @@ class Monitor:
         labels = Labels.of(old_contacts, old_targets)
         tx.state.delete(known)
         tx.state.write(
-            *evaluation_records(
+            *evaluation_rows(
                 evaluations, labels.links, labels.contacts, labels.targets, labels.unmatched
             )
         )

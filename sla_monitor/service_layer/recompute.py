@@ -16,10 +16,10 @@ from typing import Any
 from sla_monitor.adapters.abc import Store
 from sla_monitor.adapters.records import (
     NO_PRIORITY,
-    ContactRecord,
+    Row,
     TargetRecord,
     decided_of,
-    evaluation_records,
+    evaluation_rows,
 )
 from sla_monitor.config import Config
 from sla_monitor.domain.engine import (
@@ -134,9 +134,9 @@ def replay(
             summaries.append(_summary(ev))
             targets += len(ev.targets)
             if len(batch) >= 2000:
-                tx.state.write(*evaluation_records(batch))
+                tx.state.write(*evaluation_rows(batch))
                 batch.clear()
-        tx.state.write(*evaluation_records(batch))
+        tx.state.write(*evaluation_rows(batch))
         links = find_repeats(summaries, config.policy.repeat_window)
         tx.state.set_repeats(dict(links))
     return ReplaySummary(len(summaries), targets, len(links))
@@ -151,8 +151,8 @@ _job: tuple[str, Config, datetime, dict[str, datetime | None]] | None = None
 
 def _replay_range(
     bounds: tuple[ContactKey | None, ContactKey | None],
-) -> tuple[list[ContactRecord], list[TargetRecord], list[ContactSummary], int]:
-    """In a worker process: evaluate the contacts in [start, stop) and build their records."""
+) -> tuple[list[Row], list[Row], list[ContactSummary], int]:
+    """In a worker process: evaluate the contacts in [start, stop) and build their rows."""
     from sla_monitor.adapters import open_store
 
     assert _job is not None
@@ -165,7 +165,7 @@ def _replay_range(
             for evs in reader.events.by_contact(to_micros(as_of), *bounds):
                 evaluations.append(_evaluate(evs, config, as_of, watermarks))
                 events += len(evs)
-        contacts, targets = evaluation_records(evaluations)
+        contacts, targets = evaluation_rows(evaluations)
         return contacts, targets, [_summary(ev) for ev in evaluations], events
     finally:
         store.close()

@@ -18,7 +18,7 @@ from sla_monitor.adapters.records import (
     ContactRecord,
     SourceState,
     TargetRecord,
-    evaluation_records,
+    evaluation_rows,
 )
 from sla_monitor.domain.engine import evaluate_contact
 from sla_monitor.domain.events import Event, Rejected
@@ -74,7 +74,7 @@ def save(store: Store, events: list[Event], now_minutes: int = 30) -> None:
     with store.begin() as tx:
         tx.events.add(events, US)
         tx.state.delete(list(by_contact))
-        tx.state.write(*evaluation_records(evaluations))
+        tx.state.write(*evaluation_rows(evaluations))
 
 
 def test_events_are_stored_once_per_source_and_id(store: Store) -> None:
@@ -208,7 +208,7 @@ def test_state_records_round_trip_and_feed_the_counters(store: Store) -> None:
 
 def test_delete_write_and_clear_replace_records(store: Store) -> None:
     save(store, contact("A"))
-    again = evaluation_records([evaluate_contact(contact("A"), policy(), at(), at())])
+    again = evaluation_rows([evaluate_contact(contact("A"), policy(), at(), at())])
     with pytest.raises(Exception), store.begin() as tx:  # noqa: B017 (any store error)
         tx.state.write(*again)  # records exist: `delete` first
     with store.begin() as tx:
@@ -248,7 +248,7 @@ def test_archive_moves_quiet_contacts_out_and_carries_their_counts(store: Store)
         assert quiet == []
         tx.state.delete([("s", "A")])
         tx.state.write(
-            *evaluation_records(
+            *evaluation_rows(
                 [
                     evaluate_contact(
                         [*contact("A"), ev("agent_reply", at(minutes=5), conv="A", event_id="A-3")],

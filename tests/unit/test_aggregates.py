@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import timedelta
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sla_monitor.adapters.records import ContactRecord, TargetRecord, decided_of
-from sla_monitor.adapters.records import evaluation_records as records_of
+from sla_monitor.adapters.records import ContactRecord, TargetRecord, decided_of, evaluation_rows
 from sla_monitor.domain.engine import evaluate_contact
 from sla_monitor.domain.events import ContactKey, Event
 from sla_monitor.service_layer.aggregates import Labels, diff
@@ -35,6 +35,11 @@ def build(spec: tuple[str, str, int, str], n: int) -> Event:
     return ev(
         kind, T0 + timedelta(minutes=minutes), conv=conv, queue=queue, event_id=f"e{n}", **extra
     )
+
+
+def records_of(*args: Any) -> tuple[list[ContactRecord], list[TargetRecord]]:
+    contacts, targets = evaluation_rows(*args)
+    return [ContactRecord._make(c) for c in contacts], [TargetRecord._make(t) for t in targets]
 
 
 def recount(

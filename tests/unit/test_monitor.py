@@ -72,7 +72,7 @@ def test_cursor_is_saved_with_the_events_or_not_at_all(
     def boom(*_a: object, **_k: object) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(monitor_module, "evaluation_records", boom)
+    monkeypatch.setattr(monitor_module, "evaluation_rows", boom)
     with pytest.raises(RuntimeError):
         m.apply_poll(
             "desk", "jsonl", PollResult(email_contact("B"), cursor="c2", watermark=at(hours=2)), 0.0
