@@ -756,7 +756,7 @@ class _Archive(_Role):
         events: list[Event] = []
         ids: list[int] = []
         for where in _by_contact(EVENTS, keys):
-            q = select(EVENTS.c.id, *_EVENT_COLUMNS).where(where).order_by(EVENTS.c.id)
+            q = select(EVENTS.c.id, *_EVENT_COLUMNS).where(where)
             for r in conn.execute(q):
                 ids.append(r[0])
                 events.append(_row_event(r[1:]))
