@@ -195,34 +195,28 @@ def resume(
     """The aggregates as the store says they stand (after a restart, or a commit of unknown
     fate): counters, open targets, source health; detection delays and configured series
     carry over from `previous`. Also the one key object per contact, for the deadlines."""
-    old = previous
-    live = LiveState(old.buckets)
-    live.detection_delay = old.detection_delay
-    live.series = set(old.series)
-    for name, h in old.sources.items():  # configured sources keep their health
+    live = LiveState(previous.buckets)
+    live.detection_delay = previous.detection_delay
+    live.series = set(previous.series)
+    for name, h in previous.sources.items():  # configured sources keep their health
         live.sources[name] = SourceHealth(**vars(h))
     for name, s in sources.items():
         health = live.sources.setdefault(name, SourceHealth(name, s.kind))
         health.watermark = s.watermark
         health.last_success = s.last_success
-    for key, n in tx.counters.outcomes():
-        live.outcomes[key] = n
-    for key, n in tx.counters.opened():
-        live.opened[key] = n
-    for key, n in tx.counters.repeats():
-        live.repeats[key] = n
-    for key, n in tx.counters.unmatched():
-        live.unmatched[key] = n
-    for key, n in tx.counters.ingested():
-        live.ingested[key] = n
-    for key, n in tx.counters.rejected():
-        live.rejected[key] = n
-    for key, n in tx.counters.polls():
-        live.polls[key] = n
-    for key, n in tx.counters.skipped():
-        live.skipped[key] = n
-    for key, n in tx.counters.late():
-        live.late[key] = n
+    c = tx.counters
+    for counter, stored in (
+        (live.outcomes, c.outcomes()),
+        (live.opened, c.opened()),
+        (live.repeats, c.repeats()),
+        (live.unmatched, c.unmatched()),
+        (live.ingested, c.ingested()),
+        (live.rejected, c.rejected()),
+        (live.polls, c.polls()),
+        (live.skipped, c.skipped()),
+        (live.late, c.late()),
+    ):
+        counter.update(dict(stored))
     for ch, q, tg, v in tx.counters.response_times():
         live.response(ch, q, tg, v)
     for ch, q, tg, v, n, total in tx.counters.carried_responses():
