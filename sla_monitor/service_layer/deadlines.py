@@ -24,9 +24,6 @@ class DeadlineIndex:
     def __len__(self) -> int:
         return len(self._due_at)
 
-    def due_at(self, key: ContactKey) -> int | None:
-        return self._due_at.get(key)
-
     def schedule(
         self,
         key: ContactKey,

@@ -82,10 +82,6 @@ class ImapOptions(SourceOptions):
     timeout: float = 30.0
 
 
-def is_automatic(msg: EmailMessage) -> bool:
-    return classify(msg).automatic
-
-
 def normalize_subject(subject: str) -> str:
     return _SUBJECT_PREFIX.sub("", subject or "").strip().lower()
 
