@@ -3,16 +3,17 @@
 `AcknowledgementLapsed` (severity page) while a target is breached and unfulfilled,
 `AcknowledgementAtRisk` (severity warning) from its warning point; resolved (`endsAt` now)
 when the contact is acknowledged or closed. The monitor's evaluation only records what
-should be active (no I/O under its lock); a sender thread posts the whole active set to
-every configured Alertmanager at once on a change and again every `resend_interval`
-(shorter than Alertmanager's `resolve_timeout`), plus the resolutions each one has not
-yet accepted. An Alertmanager that is down gets everything when it is back; after a
-restart the active set is rebuilt from the store and re-sent.
+should be active (no I/O, O(1) work, and only after its transaction committed); a sender
+thread posts to every configured Alertmanager only what changed since that one last
+accepted (new and updated alerts, resolutions), and the whole active set every
+`resend_interval` (so Alertmanager never times an active alert out). In an alert storm,
+one change sends one alert: the cost of a change does not grow with the active set, and
+the sender never takes the monitor's lock. An Alertmanager that is down gets everything
+when it is back; after a restart the active set is rebuilt from the store and re-sent.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -119,6 +120,7 @@ class AlertmanagerPublisher:
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
         severities: Callable[[str | None, str], tuple[str, str]] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.urls = [u.rstrip("/") for u in urls]
         self.clock = clock
@@ -137,14 +139,15 @@ class AlertmanagerPublisher:
         self.delivery = Histogram(DELIVERY_BUCKETS)
         self._handed: dict[AlertKey, float] = {}
         self.resolved: dict[str, dict[AlertKey, dict[str, Any]]] = {u: {} for u in self.urls}
+        # per Alertmanager: active alerts it has not accepted in their current form
+        self.changed: dict[str, set[AlertKey]] = {u: set() for u in self.urls}
+        self._full_due: dict[str, float] = dict.fromkeys(self.urls, 0.0)  # next full re-send
         self.delivered_ok: dict[str, bool] = dict.fromkeys(self.urls, True)
+        self._monotonic = monotonic
         self._cond = threading.Condition()
         self._dirty = False
         self._stop = False
         self._thread: threading.Thread | None = None
-        # held by the monitor while it evaluates and commits: taking it before a snapshot
-        # means a page never goes out for a contact the store does not have yet
-        self.commit_lock: threading.RLock | None = None
 
     # -- what should be active (called under the monitor's lock: no I/O here) ----------------
 
@@ -162,13 +165,13 @@ class AlertmanagerPublisher:
                 key = (f.source, f.conversation_id, f.target, f.seq, name)
                 if name == want:
                     if name == LAPSED and key not in self.active:
-                        self._handed[key] = time.monotonic()
+                        self._handed[key] = self._monotonic()
                     self.active[key] = f
-                elif key in self.active:
-                    old = self.active.pop(key)
-                    payload = self._payload(key, old, resolved=True)
                     for url in self.urls:
-                        self.resolved[url][key] = payload
+                        self.changed[url].add(key)
+                        self.resolved[url].pop(key, None)
+                elif key in self.active:
+                    self._resolve(key)
             self._dirty = True
             self._cond.notify()
 
@@ -194,12 +197,19 @@ class AlertmanagerPublisher:
             ] = f
         with self._cond:
             for key in [k for k in self.active if k not in wanted]:
-                payload = self._payload(key, self.active.pop(key), resolved=True)
-                for url in self.urls:
-                    self.resolved[url][key] = payload
+                self._resolve(key)
             self.active.update(wanted)
+            for url in self.urls:  # everything again, as after a restart
+                self._full_due[url] = 0.0
             self._dirty = True
             self._cond.notify()
+
+    def _resolve(self, key: AlertKey) -> None:
+        """(Under `_cond`.) No longer active: tell every Alertmanager it ended."""
+        payload = self._payload(key, self.active.pop(key), resolved=True)
+        for url in self.urls:
+            self.resolved[url][key] = payload
+            self.changed[url].discard(key)
 
     # -- payloads -------------------------------------------------------------------------
 
@@ -270,57 +280,70 @@ class AlertmanagerPublisher:
     # -- delivery ---------------------------------------------------------------------------
 
     def flush(self) -> bool:
-        """Post the active set and pending resolutions to every Alertmanager; True if all
-        accepted them."""
-        with self.commit_lock or contextlib.nullcontext(), self._cond:
+        """Post to every Alertmanager what it has not accepted (the whole active set when a
+        re-send is due); True if all accepted. Only copies are made under the lock; the
+        payloads are built and posted outside it."""
+        now = self._monotonic()
+        todo: dict[str, tuple[bool, list[tuple[AlertKey, AlertFacts]], dict[AlertKey, Any]]] = {}
+        with self._cond:
             handed = dict(self._handed)
-            active = [self._payload(k, f) for k, f in self.active.items()]
-            resolved = {u: dict(v) for u, v in self.resolved.items()}
+            for url in self.urls:
+                full = now >= self._full_due[url]
+                keys = self.active if full else self.changed[url]
+                firing = [(k, self.active[k]) for k in keys]
+                self.changed[url] = set()  # put back below if this url does not accept
+                todo[url] = (full, firing, dict(self.resolved[url]))
             self._dirty = False
         ok_all = True
-        for url in self.urls:
-            batch = active + list(resolved[url].values())
-            if not batch:
-                continue
-            try:
-                resp = self.client.post(f"{url}/api/v2/alerts", json=batch)
-                ok = resp.status_code == 200
-                if not ok:
-                    log.warning(
-                        "alertmanager %s refused %d alerts: %d %s",
-                        url,
-                        len(batch),
-                        resp.status_code,
-                        resp.text[:200],
-                    )
-            except httpx.HTTPError as exc:
-                ok = False
-                if self.delivered_ok[url]:
-                    log.warning(
-                        "alertmanager %s unreachable (%s); alerts kept and re-sent", url, exc
-                    )
-            if ok:
-                accepted = time.monotonic()
-                with self._cond:
-                    for key in resolved[url]:
+        for url, (full, firing, resolved) in todo.items():
+            ok = self._post(url, [self._payload(k, f) for k, f in firing], resolved)
+            with self._cond:
+                if ok:
+                    for key in resolved:
                         self.resolved[url].pop(key, None)
+                    if full:
+                        self._full_due[url] = now + self.resend_interval
+                    accepted = self._monotonic()
                     for key, at in handed.items():  # first acceptance of each page
                         if self._handed.pop(key, None) is not None:
                             self.delivery.add(max(accepted - at, 0.0))
-                if not self.delivered_ok[url]:
-                    log.info(
-                        "alertmanager %s reachable again; %d alerts delivered", url, len(batch)
-                    )
-            self.delivered_ok[url] = ok
+                else:  # still owed: after an outage, everything (it may have restarted)
+                    self.changed[url].update(k for k, _f in firing if k in self.active)
+                    self._full_due[url] = 0.0
             ok_all = ok_all and ok
         return ok_all
+
+    def _post(self, url: str, firing: list[dict[str, Any]], resolved: dict[AlertKey, Any]) -> bool:
+        batch = firing + list(resolved.values())
+        if not batch:
+            return True
+        try:
+            resp = self.client.post(f"{url}/api/v2/alerts", json=batch)
+            ok = resp.status_code == 200
+            if not ok:
+                log.warning(
+                    "alertmanager %s refused %d alerts: %d %s",
+                    url,
+                    len(batch),
+                    resp.status_code,
+                    resp.text[:200],
+                )
+        except httpx.HTTPError as exc:
+            ok = False
+            if self.delivered_ok[url]:
+                log.warning("alertmanager %s unreachable (%s); alerts kept and re-sent", url, exc)
+        if ok and not self.delivered_ok[url]:
+            log.info("alertmanager %s reachable again; %d alerts delivered", url, len(batch))
+        self.delivered_ok[url] = ok
+        return ok
 
     def _run(self) -> None:
         backoff = 1.0
         while True:
             with self._cond:
                 if not self._dirty and not self._stop:
-                    self._cond.wait(self.resend_interval)
+                    due = min(self._full_due.values(), default=0.0) - self._monotonic()
+                    self._cond.wait(max(min(due, self.resend_interval), 0.0))
                 if self._stop:
                     return
             if self.flush():

@@ -111,7 +111,10 @@ class LiveState:
         self.buckets = buckets
         self.open: dict[TargetKey, OpenTarget] = {}
         self.open_counts: Counter[tuple[str, str, str, str]] = Counter()
+        # per (channel, queue, target): a heap of (started, target) with lazy deletion, and
+        # how many open targets it has (to compact the heap before stale entries pile up)
         self._oldest: dict[tuple[str, str, str], list[tuple[int, TargetKey]]] = {}
+        self._open_per_labels: Counter[tuple[str, str, str]] = Counter()
         self.outcomes: Counter[tuple[str, ...]] = Counter()
         self.opened: Counter[tuple[str, ...]] = Counter()
         self.repeats: Counter[tuple[str, ...]] = Counter()
@@ -147,24 +150,53 @@ class LiveState:
         old = self.open.pop(key, None)
         if old is not None:
             self.open_counts[(old.channel, old.queue, old.target, old.state)] -= 1
+            self._open_per_labels[(old.channel, old.queue, old.target)] -= 1
         if target is None:
             return
         self.open[key] = target
         self.open_counts[(target.channel, target.queue, target.target, target.state)] += 1
+        labels = (target.channel, target.queue, target.target)
+        self._open_per_labels[labels] += 1
         if (
             old is None
             or old.started_us != target.started_us
             or old.channel != target.channel
             or old.queue != target.queue
         ):
-            heap = self._oldest.setdefault((target.channel, target.queue, target.target), [])
+            heap = self._oldest.setdefault(labels, [])
             heapq.heappush(heap, (target.started_us, key))
+            if len(heap) > 2 * self._open_per_labels[labels] + 64:
+                self._compact(labels, heap)
+
+    def _current(self, labels: tuple[str, str, str], started: int, key: TargetKey) -> bool:
+        t = self.open.get(key)
+        return (
+            t is not None and t.started_us == started and (t.channel, t.queue, t.target) == labels
+        )
+
+    def _compact(self, labels: tuple[str, str, str], heap: list[tuple[int, TargetKey]]) -> None:
+        """Drop the entries of targets that closed or moved: one long-open target must not
+        keep every later one's entry (more than half are stale here: amortized O(1))."""
+        seen: set[TargetKey] = set()
+        kept = []
+        for started, key in heap:
+            if key not in seen and self._current(labels, started, key):
+                seen.add(key)
+                kept.append((started, key))
+        heapq.heapify(kept)
+        heap[:] = kept
+
+    @property
+    def oldest_index_entries(self) -> int:
+        """Entries behind the oldest-open-target gauges (bounded by the open targets)."""
+        return sum(len(h) for h in self._oldest.values())
 
     def forget_contacts(self) -> None:
         """Drop everything counted from contact state (a replica that does not lead)."""
         self.open.clear()
         self.open_counts.clear()
         self._oldest.clear()
+        self._open_per_labels.clear()
         self.outcomes.clear()
         self.opened.clear()
         self.repeats.clear()
@@ -177,12 +209,7 @@ class LiveState:
         for labels, heap in self._oldest.items():
             while heap:
                 started, key = heap[0]
-                t = self.open.get(key)
-                if (
-                    t is not None
-                    and t.started_us == started
-                    and (t.channel, t.queue, t.target) == labels
-                ):
+                if self._current(labels, started, key):
                     out[labels] = started
                     break
                 heapq.heappop(heap)  # stale: that target closed or moved
