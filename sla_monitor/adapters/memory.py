@@ -249,7 +249,7 @@ class _Counters(_Role):
 
     def repeats(self) -> Counts:
         counts: Counter[tuple[str, ...]] = Counter(
-            (c.channel, c.queue) for c in self.t.contacts.values() if c.repeat_of_source is not None
+            (c.channel, c.queue) for c in self.t.contacts.values() if c.repeat_counted
         )
         return _plus(counts, self.t.carried.get(Carried.REPEATS))
 
@@ -322,6 +322,7 @@ class _State(_Role):
                 self.t.contacts[key] = c._replace(
                     repeat_of_source=link[0] if link else None,
                     repeat_of_conversation=link[1] if link else None,
+                    repeat_counted=bool(c.repeat_counted) or link is not None,
                 )
 
     def _summaries(

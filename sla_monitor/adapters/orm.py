@@ -61,6 +61,8 @@ class ContactRow(Base):
     # opened while no rule matched it (sla_contacts_unmatched_total): kept from the opening,
     # like the labels it was counted under
     unmatched: Mapped[bool | None] = mapped_column(Boolean)
+    # counted in sla_repeat_contacts_total: stays true when a later event unlinks it
+    repeat_counted: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class TargetRow(Base):

@@ -54,6 +54,7 @@ class ContactRecord(NamedTuple):
     next_wake_us: int | None
     awaiting_us: int | None
     unmatched: bool | None
+    repeat_counted: bool | None  # counted as a repeat contact (stays, once counted)
 
     @property
     def key(self) -> ContactKey:
@@ -190,6 +191,7 @@ def evaluation_rows(
     contact_labels: dict[ContactKey, tuple[str, str, str]] | None = None,
     target_labels: dict[tuple[str, str, str, int], tuple[str, str, str]] | None = None,
     unmatched_before: set[ContactKey] | None = None,
+    repeats_counted: set[ContactKey] | None = None,
 ) -> tuple[list[Row], list[Row]]:
     """The contact and target rows of these evaluations: plain tuples in `ContactRecord`
     and `TargetRecord` field order. Plain, because replay writes millions: a tuple subclass
@@ -230,6 +232,7 @@ def evaluation_rows(
                 _us(ev.next_wake),
                 _us(ev.awaiting_watermark),
                 unmatched,
+                link is not None or ev.key in (repeats_counted or ()),
             )
         )
         for t in ev.targets:
@@ -277,7 +280,7 @@ def carried_counts(
     for c in contacts:
         if c.opened_us is not None:
             counters[Carried.OPENED][(c.channel, c.queue, c.priority)] += 1
-        if c.repeat_of_source is not None:
+        if c.repeat_counted:
             counters[Carried.REPEATS][(c.channel, c.queue)] += 1
         if c.unmatched:
             counters[Carried.UNMATCHED][(c.channel, c.queue)] += 1

@@ -514,7 +514,7 @@ class _Counters(_Role):
         c = CONTACTS.c
         q = (
             select(c.channel, c.queue, func.count())
-            .where(c.repeat_of_source.is_not(None))
+            .where(c.repeat_counted.is_(True))
             .group_by(c.channel, c.queue)
         )
         return self._plus_carried(Carried.REPEATS, q)
@@ -610,7 +610,10 @@ class _State(_Role):
                 CONTACTS.c.conversation_id == bindparam("k_conv"),
             )
             .values(
-                repeat_of_source=bindparam("r_source"), repeat_of_conversation=bindparam("r_conv")
+                repeat_of_source=bindparam("r_source"),
+                repeat_of_conversation=bindparam("r_conv"),
+                # counted once linked, for good (counters never go down)
+                repeat_counted=CONTACTS.c.repeat_counted.is_(True) | bindparam("linked"),
             )
         )
         self.conn.execute(
@@ -621,6 +624,7 @@ class _State(_Role):
                     "k_conv": k[1],
                     "r_source": v[0] if v else None,
                     "r_conv": v[1] if v else None,
+                    "linked": v is not None,
                 }
                 for k, v in links.items()
             ],

@@ -57,6 +57,7 @@ class Labels:
     targets: dict[tuple[str, str, str, int], tuple[str, str, str]]  # decided
     links: dict[ContactKey, ContactKey]  # repeat links as stored
     unmatched: set[ContactKey]  # opened without a rule taking them
+    repeats_counted: set[ContactKey]  # counted as repeat contacts (for good)
 
     @staticmethod
     def of(
@@ -76,6 +77,7 @@ class Labels:
             },
             links={k: link for k, r in contacts.items() if (link := r.repeat_of) is not None},
             unmatched={k for k, r in contacts.items() if r.opened_us is not None and r.unmatched},
+            repeats_counted={k for k, r in contacts.items() if r.repeat_counted},
         )
 
 

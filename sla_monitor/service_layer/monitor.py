@@ -56,6 +56,7 @@ from sla_monitor.sources.abc import PollResult
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
+POLL_CHUNK = 5_000  # events per transaction of a large poll (the lock is freed in between)
 
 
 class TargetListener(Protocol):
@@ -72,6 +73,12 @@ class IngestSummary:
     rejected: int = 0  # items set aside by this call (also ones already set aside before)
     contacts: int = 0
     reasons: Counter[str] = field(default_factory=Counter)  # rejected, by reason
+
+    def add(self, other: IngestSummary) -> None:
+        self.new += other.new
+        self.rejected += other.rejected
+        self.contacts += other.contacts
+        self.reasons.update(other.reasons)
 
 
 def store_unreachable(exc: BaseException) -> bool:
@@ -136,6 +143,7 @@ class Monitor:
         # cluster mode (docs/scaling.md): polls only store events and mark their contacts;
         # the leader evaluates. Otherwise one process does everything inline.
         self.clustered = False
+        self.poll_chunk = POLL_CHUNK
         self.replica_id = ""
         self.exports_contacts = True  # the leader's (or the only process's) metrics
         self.owned_sources: set[str] | None = None  # sources whose metrics this replica exports
@@ -271,8 +279,20 @@ class Monitor:
     def apply_poll(
         self, source: str, kind: str, result: PollResult, duration: float
     ) -> IngestSummary:
-        """Store a successful poll (events, rejects, cursor, watermark: one transaction) and
-        re-evaluate what it touched."""
+        """Store a successful poll (events, rejects, cursor, watermark) and re-evaluate what
+        it touched. A large poll is stored and evaluated a chunk of contacts at a time, the
+        lock released in between, so a deadline falling due meanwhile is judged at once, not
+        after the whole batch; the cursor, the watermark and the poll's counts go with the
+        last chunk (if the process stops before it, the poll is read again: the chunks
+        already stored are duplicates then, stored once)."""
+        summary = IngestSummary()
+        chunks = [] if self.clustered else _by_contact_chunks(result.events, self.poll_chunk)
+        for part in chunks[:-1]:
+            with self.lock:
+                state = self.sources.get(source) or SourceState(source, kind)
+                done = self._ingest(source, part, [], state, self.clock.now(), None)
+            summary.add(done)
+        last = chunks[-1] if chunks else result.events
         with self.lock:
             now = self.clock.now()
             state = replace(
@@ -286,8 +306,8 @@ class Monitor:
                 mark = min(mark, now + self.future)
             if mark is not None and (state.watermark is None or mark > state.watermark):
                 state = replace(state, watermark=mark)
-            summary = self._ingest(
-                source, result.events, result.rejected, state, now, "ok", result.skipped
+            summary.add(
+                self._ingest(source, last, result.rejected, state, now, "ok", result.skipped)
             )
             health = self.live.sources.setdefault(source, SourceHealth(source, kind))
             health.up, health.last_success, health.last_duration = True, now, duration
@@ -719,7 +739,12 @@ class Monitor:
         tx.state.delete(known)
         tx.state.write(
             *evaluation_rows(
-                evaluations, labels.links, labels.contacts, labels.targets, labels.unmatched
+                evaluations,
+                labels.links,
+                labels.contacts,
+                labels.targets,
+                labels.unmatched,
+                labels.repeats_counted,
             )
         )
         # live aggregates (once committed): each old record's contribution out, the new in
@@ -840,6 +865,22 @@ def _rejected(source: str, e: Event, reason: str, message: str) -> Rejected:
         json.dumps(e.to_dict()),
         ident=f"event {e.event_id}",  # the payload holds the rest: the same event, once
     )
+
+
+def _by_contact_chunks(events: Sequence[Event], size: int) -> list[list[Event]]:
+    """The events in chunks of about `size`, each contact's events in one chunk (a contact
+    is evaluated once, on all it has)."""
+    if len(events) <= size:
+        return [list(events)]
+    by_contact: dict[ContactKey, list[Event]] = {}
+    for e in events:
+        by_contact.setdefault(e.contact_key, []).append(e)
+    chunks: list[list[Event]] = [[]]
+    for group in by_contact.values():
+        if chunks[-1] and len(chunks[-1]) + len(group) > size:
+            chunks.append([])
+        chunks[-1].extend(group)
+    return chunks
 
 
 __all__ = ["IngestSummary", "Monitor", "TargetListener", "store_unreachable"]

@@ -57,9 +57,12 @@ def relink(
     changed = {k: wanted.get(k) for k in inside if current.get(k) != wanted.get(k)}
     if not changed:
         return Counter()
+    before = tx.state.contacts_for(list(changed))
     tx.state.set_repeats(changed)
-    labels = tx.state.contacts_for(list(changed))
     delta: Counter[tuple[str, str]] = Counter()
     for key, link in changed.items():
-        delta[(labels[key].channel, labels[key].queue)] += 1 if link else -1
+        # counted the first time it is linked; a later unlink (an event that fills in what
+        # happened before it) changes the link, never the counter (counters never go down)
+        if link is not None and not before[key].repeat_counted:
+            delta[(before[key].channel, before[key].queue)] += 1
     return delta

@@ -22,6 +22,7 @@ from sla_monitor.domain.events import Event
 from sla_monitor.service_layer.clock import FixedClock
 from sla_monitor.service_layer.monitor import Monitor
 from sla_monitor.service_layer.recompute import explain, replay, report
+from sla_monitor.sources.abc import PollResult
 
 from ..conftest import SHIPPED_CONFIG
 from ..helpers import T0, ev
@@ -118,11 +119,16 @@ def _clear(store: SqlStore) -> None:
                 conn.execute(delete(table))
 
 
-def check(store: SqlStore, config: Config, events: list[Event], cuts: list[int]) -> None:
+def check(
+    store: SqlStore, config: Config, events: list[Event], cuts: list[int], chunk: int | None = None
+) -> None:
+    """`chunk`: feed the batches as polls stored `chunk` events at a time (as a large poll
+    is); None: through `ingest`."""
     _clear(store)
     clock = FixedClock(T0)
     m = Monitor(store, config, clock)
     m.load()
+    m.poll_chunk = chunk or m.poll_chunk
     before: dict[str, Counter[Any]] = {k: Counter() for k in COUNTERS}
     decided: dict[tuple[str, str, int], str] = {}
     bounds = sorted({min(c, len(events)) for c in cuts} | {len(events)})
@@ -133,7 +139,10 @@ def check(store: SqlStore, config: Config, events: list[Event], cuts: list[int])
         if not batch:
             continue
         clock.at = max(e.occurred_at for e in batch)
-        m.ingest("s", batch, watermark=clock.at)  # honest: everything up to here is read
+        if chunk is None:  # honest: everything up to here is read
+            m.ingest("s", batch, watermark=clock.at)
+        else:
+            m.apply_poll("s", "jsonl", PollResult(batch, cursor=str(hi), watermark=clock.at), 0)
         m.wake()
         snap = m.snapshot()
         for k in COUNTERS:
@@ -174,9 +183,13 @@ def test_live_replay_report_and_explain_agree_sqlite(tmp_path: Path, examples: i
         deadline=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture],
     )
-    @given(streams(), st.lists(st.booleans(), min_size=30, max_size=30))
-    def run(events: list[Event], split: list[bool]) -> None:
-        check(store, config, events, [i + 1 for i, cut in enumerate(split) if cut])
+    @given(
+        streams(),
+        st.lists(st.booleans(), min_size=30, max_size=30),
+        st.none() | st.integers(1, 6),
+    )
+    def run(events: list[Event], split: list[bool], chunk: int | None) -> None:
+        check(store, config, events, [i + 1 for i, cut in enumerate(split) if cut], chunk)
 
     run()
     store.close()
@@ -191,9 +204,13 @@ def test_live_replay_report_and_explain_agree_postgresql(tmp_path: Path, postgre
     @settings(
         max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
     )
-    @given(streams(), st.lists(st.booleans(), min_size=30, max_size=30))
-    def run(events: list[Event], split: list[bool]) -> None:
-        check(store, config, events, [i + 1 for i, cut in enumerate(split) if cut])
+    @given(
+        streams(),
+        st.lists(st.booleans(), min_size=30, max_size=30),
+        st.none() | st.integers(1, 6),
+    )
+    def run(events: list[Event], split: list[bool], chunk: int | None) -> None:
+        check(store, config, events, [i + 1 for i, cut in enumerate(split) if cut], chunk)
 
     run()
     store.close()

@@ -235,8 +235,9 @@ def test_repeat_links_and_customer_summaries(store: Store) -> None:
         assert [(s.key, link) for s, link in near] == [(("s", "A"), None)]
         everyone = tx.state.summaries_for_customers(["cust-1", "cust-2"])
         assert sorted(s.key for s in everyone) == [("s", "A"), ("s", "B"), ("s", "C")]
-        tx.state.set_repeats({("s", "B"): None})
-        assert tx.counters.repeats() == []
+        tx.state.set_repeats({("s", "B"): None})  # unlinked: once counted, counted for good
+        assert tx.state.contacts_for([("s", "B")])[("s", "B")].repeat_of is None
+        assert tx.counters.repeats() == [(("email", "billing"), 1)]
 
 
 def test_archive_moves_quiet_contacts_out_and_carries_their_counts(store: Store) -> None:

@@ -177,10 +177,15 @@ def test_repeat_contact_is_linked_and_counted(store: Store, shipped_config: Conf
     with store.begin() as conn:
         assert conn.state.contacts_for([("desk", "P")])[("desk", "P")].repeat_of == ("desk", "A")
     assert m.live.repeats[("phone", "support-line")] == 1
-    # order does not matter: the agent reply to A arriving later, dated before the call, unlinks it
+    # the agent reply to A arriving later, dated before the call, unlinks it (the link says
+    # what happened, as replay would) — but the contact stays counted: counters never go down
     reply = ev("agent_reply", at(minutes=10), conv="A", event_id="A-3", source="desk")
     m.apply_poll("desk", "jsonl", PollResult([reply], cursor="2", watermark=at(hours=1)), 0.0)
-    assert m.live.repeats[("phone", "support-line")] == 0
+    with store.begin() as tx:
+        assert tx.state.contacts_for([("desk", "P")])[("desk", "P")].repeat_of is None
+    assert m.live.repeats[("phone", "support-line")] == 1
+    again = make_monitor(store, shipped_config)  # and after a restart
+    assert again.live.repeats[("phone", "support-line")] == 1
 
 
 def test_timestamps_round_trip_exactly(store: Store, shipped_config: Config) -> None:
