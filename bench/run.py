@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import platform
@@ -19,8 +20,9 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,7 +30,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from sla_monitor.adapters.records import SourceState
+from sla_monitor.adapters.records import AlertingTarget, SourceState
 from sla_monitor.adapters.sql import (
     CONTACTS,
     EVENT_ROW_COLUMNS,
@@ -300,7 +302,9 @@ def probe_config(tmp: Path) -> Config:
     return load_config(path)
 
 
-def bench_open_targets(sizes: list[int], probes: int) -> None:
+def bench_open_targets(
+    sizes: list[int], probes: int, storms: Sequence[tuple[int, int]] = ()
+) -> None:
     scrape: dict[int, float] = {}
     per_event: dict[int, float] = {}
     memory: dict[int, float] = {}
@@ -351,6 +355,7 @@ def bench_open_targets(sizes: list[int], probes: int) -> None:
             per_event[n] = (time.perf_counter() - t) / len(batch)
             delays, metric_delays = detection_delay(store, config, monitor, probes)
             d = sorted(delays)
+            quiet = pct(d, 99)
             report(
                 f"breach detection delay, {n:,} open targets",
                 f"p50 {pct(d, 50) * 1000:.0f} ms, p99 {pct(d, 99) * 1000:.0f} ms",
@@ -359,6 +364,20 @@ def bench_open_targets(sizes: list[int], probes: int) -> None:
                 "p99 <= 1 s at 1M",
                 pct(d, 99) <= 1.0 if n == max(sizes) else None,
             )
+            if n == max(sizes):  # in a storm: alerts already active, a big poll in flight
+                for active, flood in storms:
+                    d = sorted(detection_delay(store, config, monitor, probes, active, flood)[0])
+                    what = f"{active:,} active alerts" + (
+                        f" + a {flood:,}-line poll" if flood else ""
+                    )
+                    report(
+                        f"breach detection delay, {n:,} open, {what}",
+                        f"p50 {pct(d, 50) * 1000:.0f} ms, p99 {pct(d, 99) * 1000:.0f} ms",
+                        f"p99 {quiet * 1000:.0f} ms with none",
+                        pct(d, 99) / quiet,
+                        "p99 <= 1 s",
+                        pct(d, 99) <= 1.0,
+                    )
             store.close()
             del monitor
             gc.collect()
@@ -397,13 +416,49 @@ def pct(values: list[float], p: float) -> float:
     )
 
 
+_RUNS = itertools.count()
+
+
+def active_alerts(n: int) -> list[AlertingTarget]:
+    """`n` lapsed targets already paged (an alert storm in progress)."""
+    started = to_micros(T0)
+    return [
+        AlertingTarget(
+            "storm",
+            f"s{i}",
+            "first_reply",
+            0,
+            "email",
+            "billing",
+            "none",
+            "breached",
+            started,
+            started + 3_600_000_000,
+            f"cust-{i}",
+            None,
+        )
+        for i in range(n)
+    ]
+
+
 def detection_delay(
-    store: SqlStore, config: Config, monitor: Monitor, probes: int
+    store: SqlStore,
+    config: Config,
+    monitor: Monitor,
+    probes: int,
+    active: int = 0,
+    concurrent_poll: int = 0,
 ) -> tuple[list[float], list[float]]:
     """Calls whose 2 s answer deadlines fall due one after another; the source has been read
-    past them, so each breach is knowable at its deadline. Delay = page received - deadline."""
+    past them, so each breach is knowable at its deadline. Delay = page received (by an
+    HTTP server standing in for Alertmanager) - deadline. `active`: alerts already active
+    (a storm in progress); `concurrent_poll`: a poll of that many events stored meanwhile."""
+    run = next(_RUNS)  # fresh contacts each run (the monitor is shared)
     am = FakeAlertmanager()
     publisher = AlertmanagerPublisher([am.url], monitor.clock, {}, resend_interval=60)
+    if active:
+        publisher.load(active_alerts(active))
+        publisher.flush()  # already paged: the storm's alerts are not what is measured
     monitor.listeners = [publisher]
     app = Runtime(config, store, monitor.clock, monitor, {})
     app.monitor.ready = True
@@ -417,25 +472,43 @@ def detection_delay(
         queued = start + timedelta(milliseconds=20 * i) - timedelta(seconds=2)
         events.append(
             Event(
-                "probe",
-                f"p{i}",
-                f"call-{i}",
+                f"probe{run}",
+                f"r{run}-p{i}",
+                f"call-{run}-{i}",
                 EventKind.CALL_QUEUED,
                 queued,
                 Channel.PHONE,
                 "support-line",
             )
         )
-        deadlines[f"probe:call-{i}"] = queued + timedelta(seconds=2)
+        deadlines[f"probe{run}:call-{run}-{i}"] = queued + timedelta(seconds=2)
     before = monitor.live.detection_delay.count
     monitor.apply_poll(
-        "probe", "jsonl", PollResult(events, cursor="x", watermark=start + timedelta(hours=1)), 0.0
+        f"probe{run}",
+        "jsonl",
+        PollResult(events, cursor="x", watermark=start + timedelta(hours=1)),
+        0.0,
     )
+    storm = None
+    if concurrent_poll:  # a big poll in flight while the deadlines fall due
+        lines = [
+            replace(
+                e, event_id=f"r{run}-{e.event_id}", conversation_id=f"r{run}-{e.conversation_id}"
+            )
+            for e in synthetic_events(concurrent_poll // 5, seed=run, start=start)
+        ]
+        storm = threading.Thread(
+            target=monitor.apply_poll,
+            args=("flood", "jsonl", PollResult(lines, cursor="f"), 0.0),
+        )
+        storm.start()
     limit = time.time() + 30 + probes * 0.02
-    while len(am.first_seen) < probes and time.time() < limit:
+    while not deadlines.keys() <= am.first_seen.keys() and time.time() < limit:
         time.sleep(0.05)
+    if storm is not None:
+        storm.join()
     publisher.stop()
-    app.scheduler.shutdown(wait=False)
+    app.scheduler.shutdown(wait=True)
     am.server.shutdown()
     delays = [am.first_seen[c] - d.timestamp() for c, d in deadlines.items() if c in am.first_seen]
     h = monitor.live.detection_delay
@@ -480,19 +553,21 @@ def bench_replay(events_total: int) -> None:
         with store.read() as tx:
             read = sum(len(c) for c in tx.events.by_contact())
         read_rate = read / (time.perf_counter() - t)
+        done = [0]
         t = time.perf_counter()
-        summary = replay(store, config, T0 + timedelta(days=60))
-        rate = n / (time.perf_counter() - t)
+        # the whole history (every event processed), counting only what replay processed
+        replay(store, config, T0 + timedelta(days=400), lambda _c, e: done.__setitem__(0, e))
+        rate = done[0] / (time.perf_counter() - t)
         store.close()
+    assert done[0] == n, (done[0], n)  # an honest rate: every stored event was replayed
     report(
-        f"replay ({n:,} stored events)",
+        f"replay ({done[0]:,} of {n:,} stored events)",
         f"{rate:,.0f} events/s",
         f"read only {read_rate:,.0f}/s",
         rate / read_rate,
-        ">= 100k events/s",
-        rate >= 100_000,
+        ">= 60k events/s (issue 14)",
+        rate >= 60_000,
     )
-    del summary
 
 
 # -- 7. archive ---------------------------------------------------------------------------
@@ -532,7 +607,7 @@ def bench_archive(events_total: int) -> None:
 
 BENCHES: dict[str, Callable[[argparse.Namespace], None]] = {
     "ingest": lambda a: [bench_ingest(k, a.ingest_contacts) for k in a.databases],  # type: ignore[func-returns-value]
-    "open": lambda a: bench_open_targets(a.sizes, a.probes),
+    "open": lambda a: bench_open_targets(a.sizes, a.probes, a.storms),
     "replay": lambda a: bench_replay(a.replay_events),
     "archive": lambda a: bench_archive(a.archive_events),
 }
@@ -559,6 +634,12 @@ def main() -> None:
     args.ingest_contacts = 4_000 if args.quick else 40_000
     args.sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
     args.probes = 50 if args.quick else 200
+    # (alerts already active, events of a poll in flight) at the largest size
+    args.storms = (
+        [(1_000, 0), (10_000, 0), (10_000, 50_000)]
+        if args.quick
+        else [(1_000, 0), (10_000, 0), (100_000, 0), (100_000, 50_000)]
+    )
     if args.archive_events is None:
         args.archive_events = 200_000 if args.quick else 1_000_000
     if args.replay_events is None:

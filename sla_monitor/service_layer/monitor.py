@@ -144,6 +144,8 @@ class Monitor:
         # the leader evaluates. Otherwise one process does everything inline.
         self.clustered = False
         self.poll_chunk = POLL_CHUNK
+        self._waking = threading.Condition()  # wakes waiting for the lock (see wake)
+        self._wakes_waiting = 0
         self.replica_id = ""
         self.exports_contacts = True  # the leader's (or the only process's) metrics
         self.owned_sources: set[str] | None = None  # sources whose metrics this replica exports
@@ -292,6 +294,7 @@ class Monitor:
                 state = self.sources.get(source) or SourceState(source, kind)
                 done = self._ingest(source, part, [], state, self.clock.now(), None)
             summary.add(done)
+            self._let_wakes_in()
         last = chunks[-1] if chunks else result.events
         with self.lock:
             now = self.clock.now()
@@ -658,7 +661,24 @@ class Monitor:
 
     def wake(self) -> int:
         """Re-evaluate the contacts whose warning point or deadline has come. If the store
-        fails, they stay due (and are judged by the next wake that reaches it)."""
+        fails, they stay due (and are judged by the next wake that reaches it). A large
+        poll in progress lets it in between two of its chunks."""
+        with self._waking:
+            self._wakes_waiting += 1
+        try:
+            return self._wake()
+        finally:
+            with self._waking:
+                self._wakes_waiting -= 1
+                self._waking.notify_all()
+
+    def _let_wakes_in(self) -> None:
+        """Between two chunks of a poll: a wake waiting for the lock goes first (a lock is
+        not fair: released and retaken at once, it would starve the wake)."""
+        with self._waking:
+            self._waking.wait_for(lambda: self._wakes_waiting == 0, timeout=10)
+
+    def _wake(self) -> int:
         with self.lock:
             now = self.clock.now()
             due = self.deadlines.pop_due(to_micros(now))

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -78,3 +80,33 @@ def test_a_wake_the_store_refuses_leaves_the_contact_due(shipped_config: Config)
     assert m.next_wake() == due  # never dropped
     assert m.wake() == 1
     assert m.next_wake() != due
+
+
+def test_a_large_poll_lets_a_waiting_wake_in_between_its_chunks(shipped_config: Config) -> None:
+    """A deadline falling due during a 50k-line poll is judged at once, not after it."""
+    order: list[str] = []
+    waker: list[threading.Thread] = []
+
+    class Recording(MemoryStore):
+        @contextmanager
+        def begin(self) -> Iterator[MemoryTransaction]:
+            if threading.current_thread() is not (waker[0] if waker else None):
+                order.append("poll chunk")
+                if len(order) == 1:  # a wake comes while the first chunk holds the lock
+                    waker.append(threading.Thread(target=m.wake))
+                    waker[0].start()
+                    while m._wakes_waiting == 0:
+                        time.sleep(0.001)
+            with super().begin() as tx:
+                yield tx
+
+    m = Monitor(Recording(), shipped_config, FixedClock(at(minutes=30)))
+    m.poll_chunk = 2
+    m.on_wake_change = lambda _at: (
+        order.append("wake") if threading.current_thread() is waker[0] else None
+    )
+    events = [e for c in "ABC" for e in email_contact(c, f"cust-{c}")]  # 3 chunks of 2
+    m.apply_poll("desk", "jsonl", PollResult(events, cursor="1", watermark=at()), 0.0)
+    waker[0].join()
+    assert order == ["poll chunk", "wake", "poll chunk", "poll chunk"]
+    assert m.live.ingested[("desk", "customer_message")] == 3  # and nothing lost
