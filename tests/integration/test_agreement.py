@@ -172,10 +172,10 @@ def check(
     assert _rows(store) == live
 
 
-@pytest.mark.parametrize("examples", [40])
-def test_live_replay_report_and_explain_agree_sqlite(tmp_path: Path, examples: int) -> None:
-    config = _config(tmp_path)
-    store = SqlStore(f"sqlite:///{tmp_path / 'agree.db'}")
+def agree(url: str, config: Config, examples: int) -> None:
+    """Random streams, cut into random polls (stored whole, or in chunks of 1-6 events),
+    through a monitor on the store at `url`: live, replay, report and explain agree."""
+    store = SqlStore(url)
     store.migrate()
 
     @settings(
@@ -191,26 +191,17 @@ def test_live_replay_report_and_explain_agree_sqlite(tmp_path: Path, examples: i
     def run(events: list[Event], split: list[bool], chunk: int | None) -> None:
         check(store, config, events, [i + 1 for i, cut in enumerate(split) if cut], chunk)
 
-    run()
-    store.close()
+    try:
+        run()
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("examples", [40])
+def test_live_replay_report_and_explain_agree_sqlite(tmp_path: Path, examples: int) -> None:
+    agree(f"sqlite:///{tmp_path / 'agree.db'}", _config(tmp_path), examples)
 
 
 @pytest.mark.postgres
 def test_live_replay_report_and_explain_agree_postgresql(tmp_path: Path, postgres: Any) -> None:
-    config = _config(tmp_path)
-    store = SqlStore(postgres.new_database())
-    store.migrate()
-
-    @settings(
-        max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-    )
-    @given(
-        streams(),
-        st.lists(st.booleans(), min_size=30, max_size=30),
-        st.none() | st.integers(1, 6),
-    )
-    def run(events: list[Event], split: list[bool], chunk: int | None) -> None:
-        check(store, config, events, [i + 1 for i, cut in enumerate(split) if cut], chunk)
-
-    run()
-    store.close()
+    agree(postgres.new_database(), _config(tmp_path), 10)
