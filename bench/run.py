@@ -17,9 +17,11 @@ import os
 import platform
 import random
 import statistics
+import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -47,6 +49,7 @@ from sla_monitor.publishing.alertmanager import AlertmanagerPublisher
 from sla_monitor.publishing.metrics import MonitorCollector
 from sla_monitor.service_layer.archive import archive
 from sla_monitor.service_layer.clock import FixedClock, SystemClock
+from sla_monitor.service_layer.live import DEFAULT_BUCKETS, LiveState, OpenTarget
 from sla_monitor.service_layer.monitor import Monitor
 from sla_monitor.service_layer.recompute import replay
 from sla_monitor.service_layer.runtime import Runtime, settle_heap
@@ -628,18 +631,55 @@ def bench_archive(events_total: int) -> None:
     )
 
 
+# -- 8. memory after a long history ----------------------------------------------------------
+
+
+def live_bytes(targets: int, left_open: int) -> tuple[int, int]:
+    """Bytes the live gauges hold (tracemalloc) after `targets` targets opened and answered
+    in time order, with the first `left_open` never answered; and the index entries."""
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    live = LiveState(DEFAULT_BUCKETS)
+    for i in range(targets):
+        key = (sys.intern("desk"), f"c{i}", sys.intern("first_reply"), 0)
+        live.set_open(key, OpenTarget.of("email", f"q{i % 20}", "first_reply", "on_track", i))
+        if i >= left_open:
+            live.set_open(key, None)
+    live.oldest()
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    return grown, live.oldest_index_entries
+
+
+def bench_history_memory(targets: int) -> None:
+    long_run, entries = live_bytes(targets, 5)
+    short_run, _ = live_bytes(20_000, 5)
+    report(
+        f"memory of the live gauges after {targets:,} answered targets (5 left open)",
+        f"{long_run / 1024:,.0f} KiB, {entries} index entries",
+        f"{short_run / 1024:,.0f} KiB after 20,000",
+        long_run / max(short_run, 1),
+        "bounded by the open targets (ratio <= 2)",
+        long_run <= 2 * short_run,
+    )
+
+
 BENCHES: dict[str, Callable[[argparse.Namespace], None]] = {
     "ingest": lambda a: [bench_ingest(k, a.ingest_contacts) for k in a.databases],  # type: ignore[func-returns-value]
     "open": lambda a: bench_open_targets(a.sizes, a.probes, a.storms),
     "replay": lambda a: bench_replay(a.replay_events),
     "archive": lambda a: bench_archive(a.archive_events),
+    "history": lambda a: bench_history_memory(200_000 if a.quick else 2_000_000),
 }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="small sizes (a minute or two)")
-    p.add_argument("--only", default="ingest,open,replay,archive")
+    p.add_argument("--only", default="ingest,open,replay,archive,history")
     p.add_argument("--no-postgres", action="store_true")
     p.add_argument("--json", help="write results to this file")
     p.add_argument(
