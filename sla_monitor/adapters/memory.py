@@ -45,6 +45,8 @@ class _Tables:
     rejected_keys: set[tuple[str, str]] = field(default_factory=set)
     sources: dict[str, SourceState] = field(default_factory=dict)
     polls: Counter[tuple[str, ...]] = field(default_factory=Counter)
+    ingested: Counter[tuple[str, ...]] = field(default_factory=Counter)  # as stored
+    rejected_counts: Counter[tuple[str, ...]] = field(default_factory=Counter)
     skipped: Counter[tuple[str, ...]] = field(default_factory=Counter)
     late: Counter[tuple[str, ...]] = field(default_factory=Counter)
     contacts: dict[ContactKey, ContactRecord] = field(default_factory=dict)
@@ -128,6 +130,7 @@ class _Events(_Role):
             t.events[e.dedup_key] = (t.next_event_id, e)
             t.next_event_id += 1
             t.by_contact[e.contact_key] = (*t.by_contact.get(e.contact_key, ()), e.dedup_key)
+            t.ingested[(e.source, e.kind.value)] += 1
             new.append(e)
         return new
 
@@ -183,6 +186,7 @@ class _Events(_Role):
                 rid, source, r.reason, r.detail[:4000], r.payload[:20000], now_us, r.key
             )
             t.rejected.append(record)
+            t.rejected_counts[(source, r.reason)] += 1
             new.append(r)
         return new
 
@@ -225,13 +229,10 @@ class _Counters(_Role):
         return list(self.t.late.items())
 
     def rejected(self) -> Counts:
-        return list(Counter((r.source, r.reason) for r in self.t.rejected).items())
+        return list(self.t.rejected_counts.items())
 
     def ingested(self) -> Counts:
-        counts: Counter[tuple[str, ...]] = Counter(
-            (e.source, e.kind.value) for _i, e in self.t.events.values()
-        )
-        return _plus(counts, self.t.carried.get(Carried.INGESTED))
+        return list(self.t.ingested.items())
 
     def opened(self) -> Counts:
         counts: Counter[tuple[str, ...]] = Counter(
@@ -448,7 +449,7 @@ class _Archive(_Role):
         write(events)
         contacts = [t.contacts[k] for k in keys if k in t.contacts]
         targets = [r for k in keys for r in t.targets.get(k, ())]
-        counts = carried_counts(events, contacts, targets)
+        counts = carried_counts(contacts, targets)
         for counter, values in counts.counters.items():
             t.carried.setdefault(counter, Counter()).update(values)
         for bucket, (n, total) in counts.responses.items():

@@ -95,6 +95,24 @@ class SourceStateRow(Base):
     last_success_us: Mapped[int | None] = mapped_column(BigInteger)
 
 
+class IngestedCountRow(Base):
+    """Events stored, kept as they are stored (start-up reads this, not the events)."""
+
+    __tablename__ = "ingested_counts"
+    source: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+
+
+class RejectedCountRow(Base):
+    """Items set aside, kept as they are set aside."""
+
+    __tablename__ = "rejected_counts"
+    source: Mapped[str] = mapped_column(String(200), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+
+
 class PollCountRow(Base):
     __tablename__ = "poll_counts"
     source: Mapped[str] = mapped_column(String(200), primary_key=True)

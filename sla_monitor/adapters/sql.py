@@ -42,9 +42,11 @@ from sla_monitor.adapters.orm import (
     ContactRow,
     DirtyContactRow,
     EventRow,
+    IngestedCountRow,
     LateCountRow,
     LeaseRow,
     PollCountRow,
+    RejectedCountRow,
     RejectedRow,
     ReplicaRow,
     SkippedCountRow,
@@ -87,6 +89,8 @@ POLLS = cast(Table, PollCountRow.__table__)
 SKIPPED = cast(Table, SkippedCountRow.__table__)
 LATE = cast(Table, LateCountRow.__table__)
 REJECTED = cast(Table, RejectedRow.__table__)
+INGESTED = cast(Table, IngestedCountRow.__table__)
+REJECTED_COUNTS = cast(Table, RejectedCountRow.__table__)
 LEASES = cast(Table, LeaseRow.__table__)
 REPLICAS = cast(Table, ReplicaRow.__table__)
 DIRTY = cast(Table, DirtyContactRow.__table__)
@@ -299,6 +303,7 @@ class _Events(_Role):
                 }
                 for src, eid in conn.execute(_PG_ADD_EVENTS, arrays):
                     new.append(by_key[(src, eid)])
+            self._count(new)
             return new
         # SQLite: one writer at a time, so ids not found in this transaction are new; the
         # lookup runs on the unique index, the insert through the driver's executemany
@@ -307,7 +312,13 @@ class _Events(_Role):
                 del by_key[(src, eid)]
         fresh = list(by_key.values())
         insert_rows(conn, EVENTS, EVENT_ROW_COLUMNS, [event_tuple(e, now_us) for e in fresh])
+        self._count(fresh)
         return fresh
+
+    def _count(self, new: Sequence[Event]) -> None:
+        """Count what was stored, in the same transaction (start-up reads the counts)."""
+        counts = Counter((e.source, e.kind.value) for e in new)
+        _add_counts(self, INGESTED, ("source", "kind"), counts)
 
     def stored_copies(self, events: Iterable[Event]) -> dict[tuple[str, str], Event]:
         out: dict[tuple[str, str], Event] = {}
@@ -402,6 +413,8 @@ class _Events(_Role):
                     for key, r in by_key.items()
                 ],
             )
+            counts = Counter((source, r.reason) for r in by_key.values())
+            _add_counts(self, REJECTED_COUNTS, ("source", "reason"), counts)
         return list(by_key.values())
 
     def rejected(self, limit: int = 100) -> list[RejectedRecord]:
@@ -478,8 +491,8 @@ class _Counters(_Role):
         return self._counts(select(POLLS.c.source, POLLS.c.result, POLLS.c.count))
 
     def rejected(self) -> Counts:
-        c = REJECTED.c
-        return self._counts(select(c.source, c.reason, func.count()).group_by(c.source, c.reason))
+        c = REJECTED_COUNTS.c
+        return self._counts(select(c.source, c.reason, c.count))
 
     def outcomes(self) -> Counts:
         t = TARGETS.c
@@ -524,9 +537,8 @@ class _Counters(_Role):
         return [(r[0], r[1], r[2]) for r in self.conn.execute(q)]
 
     def ingested(self) -> Counts:
-        e = EVENTS.c
-        q = select(e.source, e.kind, func.count()).group_by(e.source, e.kind)
-        return self._plus_carried(Carried.INGESTED, q)
+        c = INGESTED.c
+        return self._counts(select(c.source, c.kind, c.count))
 
     def _plus_carried(self, counter: Carried, grouped: Any) -> Counts:
         """A grouped count (label columns, then the count) plus what archived rows carried."""
@@ -548,23 +560,16 @@ class _Counters(_Role):
             yield CarriedResponses(r[0], r[1], r[2], r[3] / 1000, int(r[4]), float(r[5]))
 
     def source_counts(self, source: str) -> SourceCounts:
-        ing = (
-            select(EVENTS.c.kind, func.count())
-            .where(EVENTS.c.source == source)
-            .group_by(EVENTS.c.kind)
-        )
-        rej = (
-            select(REJECTED.c.reason, func.count())
-            .where(REJECTED.c.source == source)
-            .group_by(REJECTED.c.reason)
+        ing = select(INGESTED.c.kind, INGESTED.c.count).where(INGESTED.c.source == source)
+        rej = select(REJECTED_COUNTS.c.reason, REJECTED_COUNTS.c.count).where(
+            REJECTED_COUNTS.c.source == source
         )
         pol = select(POLLS.c.result, POLLS.c.count).where(POLLS.c.source == source)
         skp = select(SKIPPED.c.reason, SKIPPED.c.count).where(SKIPPED.c.source == source)
         lat = select(LATE.c.count).where(LATE.c.source == source)
-        carried = [(k, n) for k, n in self._carried(Carried.INGESTED) if k[0] == source]
         conn = self.conn
         return SourceCounts(
-            ingested=[((source, r[0]), int(r[1])) for r in conn.execute(ing)] + carried,
+            ingested=[((source, r[0]), int(r[1])) for r in conn.execute(ing)],
             rejected=[((source, r[0]), int(r[1])) for r in conn.execute(rej)],
             polls=[((source, r[0]), int(r[1])) for r in conn.execute(pol)],
             skipped=[((source, r[0]), int(r[1])) for r in conn.execute(skp)],
@@ -768,7 +773,7 @@ class _Archive(_Role):
         state = _State(conn, self.dialect)
         contacts = list(state.contacts_for(keys).values())
         targets = [t for rows in state.targets_for(keys).values() for t in rows]
-        counts = carried_counts(events, contacts, targets)
+        counts = carried_counts(contacts, targets)
         for counter, values in counts.counters.items():
             self._carry(counter, values)
         if counts.responses:
@@ -889,6 +894,21 @@ class _Cluster(_Role):
             DIRTY.c.version == bindparam("v"),
         )
         self.conn.execute(stmt, [{"s": k[0], "c": k[1], "v": v} for k, v in seen.items()])
+
+
+def _add_counts(
+    role: _Role, table: Table, labels: tuple[str, str], counts: Counter[tuple[str, str]]
+) -> None:
+    """Add to a (label, label, count) table's rows (created at zero)."""
+    if not counts:
+        return
+    stmt = role._insert(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=list(labels), set_={"count": table.c.count + stmt.excluded.count}
+    )
+    role.conn.execute(
+        stmt, [{labels[0]: k[0], labels[1]: k[1], "count": n} for k, n in counts.items()]
+    )
 
 
 def _by_contact(

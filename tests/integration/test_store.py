@@ -15,7 +15,7 @@ from sla_monitor.sources.abc import PollResult
 
 from ..helpers import at, ev, stored_events
 from ..unit.test_monitor import *  # noqa: F403 (the same tests, on SQL stores)
-from ..unit.test_monitor import make_monitor
+from ..unit.test_monitor import email_contact, make_monitor
 
 
 def test_migrations_are_idempotent(store: SqlStore) -> None:
@@ -104,3 +104,33 @@ def test_a_migration_that_stops_half_way_leaves_nothing_behind_on_sqlite(
     store = SqlStore(url)
     store.migrate()  # and the next start migrates cleanly
     store.close()
+
+
+def test_start_up_reads_no_event_or_rejection_history(
+    store: SqlStore, shipped_config: Config
+) -> None:
+    """Restart time must not grow with history: loading reads counts, not the events (or
+    the items set aside) behind them."""
+    from sqlalchemy import event
+
+    from sla_monitor.sources.abc import Rejected
+
+    m = make_monitor(store, shipped_config)
+    bad = Rejected("bad_json", "events.jsonl:3: not valid JSON", "{oops")
+    m.apply_poll(
+        "desk", "jsonl", PollResult(email_contact("A"), [bad], cursor="1", watermark=at()), 0.0
+    )
+    statements: list[str] = []
+
+    def record(_c: object, _cur: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        again = make_monitor(store, shipped_config)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+    read = [s for s in statements if " events" in s or "rejected_events" in s]
+    assert read == []
+    assert again.live.ingested[("desk", "customer_message")] == 1  # counted all the same
+    assert again.live.rejected[("desk", "bad_json")] == 1
