@@ -83,14 +83,6 @@ def report(
     )
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-# -- data -------------------------------------------------------------------------------------
-
-
 def synthetic_events(contacts: int, seed: int = 7, start: datetime = T0) -> list[Event]:
     """A support desk's day: email threads (message, auto-reply, reply, follow-up, solve) and
     calls (queued, answered or abandoned); ~5 events per contact, 1 in 3 customers returns."""
@@ -341,11 +333,14 @@ def bench_open_targets(
             now = datetime.now(UTC)
             fill_open_targets(store, n, now)
             gc.collect()
-            before = rss_bytes()
+            # what the loaded monitor holds (tracemalloc: resident-set growth reads the
+            # allocator's reuse of memory earlier benchmarks freed)
+            tracemalloc.start()
             monitor = Monitor(store, config, SystemClock())
             monitor.load()
             gc.collect()
-            memory[n] = (rss_bytes() - before) / n
+            memory[n] = tracemalloc.get_traced_memory()[0] / n
+            tracemalloc.stop()
             if n == max(sizes):  # a full collection, as the process pauses for it
                 pauses = []
                 for settled in (False, True):
