@@ -266,7 +266,6 @@ class SqlStore:
 
 class SqlTransaction:
     def __init__(self, conn: Connection, dialect: str) -> None:
-        self.connection = conn
         self.events = _Events(conn, dialect)
         self.sources = _Sources(conn, dialect)
         self.counters = _Counters(conn, dialect)
@@ -456,21 +455,11 @@ class _Sources(_Role):
 
 class _Counters(_Role):
     def count_poll(self, source: str, result: str, n: int = 1) -> None:
-        stmt = self._insert(POLLS).values(source=source, result=result, count=n)
-        self.conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["source", "result"], set_={"count": POLLS.c.count + n}
-            )
-        )
+        _add_counts(self, POLLS, ("source", "result"), Counter({(source, result): n}))
 
     def count_skipped(self, source: str, counts: dict[str, int]) -> None:
-        for reason, n in counts.items():
-            stmt = self._insert(SKIPPED).values(source=source, reason=reason, count=n)
-            self.conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["source", "reason"], set_={"count": SKIPPED.c.count + n}
-                )
-            )
+        found = Counter({(source, reason): n for reason, n in counts.items()})
+        _add_counts(self, SKIPPED, ("source", "reason"), found)
 
     def count_late(self, source: str, n: int) -> None:
         stmt = self._insert(LATE).values(source=source, count=n)
