@@ -23,6 +23,7 @@ from sla_monitor.adapters.records import (
     PendingWake,
     QuietContact,
     RejectedRecord,
+    ResponseCounts,
     Row,
     SourceCounts,
     SourceState,
@@ -88,8 +89,9 @@ class SourceRepository(Protocol):
 
 
 class CounterRepository(Protocol):
-    """What the monotonic counters start from after a restart: counted from the state
-    tables, plus what archived rows carried, plus the counts only kept as counts."""
+    """What the monotonic counters start from after a restart: what the state tables
+    count (kept as their rows are written), plus what archived rows carried, plus the
+    counts only kept as counts. None of it reads the history behind it."""
 
     def count_poll(self, source: str, result: str, n: int = 1) -> None: ...
 
@@ -115,8 +117,14 @@ class CounterRepository(Protocol):
 
     def outcomes(self) -> Counts: ...
 
-    def response_times(self) -> Iterator[tuple[str, str, str, float]]:
-        """(channel, queue, target, seconds) of every stored response."""
+    def count_responses_in(self, bounds: tuple[float, ...]) -> None:
+        """Keep the response-time counts in the buckets of `bounds` from now on (counting
+        the stored ones again if they were kept in other buckets)."""
+        ...
+
+    def responses(self, bounds: tuple[float, ...]) -> list[ResponseCounts]:
+        """Every stored response time, archived ones included, in the buckets of `bounds`
+        (counted as the rows were written, not read from them: unless the bounds changed)."""
         ...
 
     def carried_responses(self) -> Iterator[CarriedResponses]: ...

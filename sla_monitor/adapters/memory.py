@@ -25,11 +25,14 @@ from sla_monitor.adapters.records import (
     PendingWake,
     QuietContact,
     RejectedRecord,
+    ResponseCounts,
     Row,
     SourceCounts,
     SourceState,
     TargetRecord,
+    bucket_responses,
     carried_counts,
+    response_histograms,
 )
 from sla_monitor.domain.engine import ContactSummary
 from sla_monitor.domain.events import ContactKey, Event, Rejected
@@ -263,11 +266,12 @@ class _Counters(_Role):
         )
         return _plus(counts, self.t.carried.get(Carried.OUTCOMES))
 
-    def response_times(self) -> Iterator[tuple[str, str, str, float]]:
-        for rows in list(self.t.targets.values()):
-            for t in rows:
-                if t.response_seconds is not None:
-                    yield (t.channel, t.queue, t.target, float(t.response_seconds))
+    def count_responses_in(self, bounds: tuple[float, ...]) -> None:
+        pass  # counted from the records when asked
+
+    def responses(self, bounds: tuple[float, ...]) -> list[ResponseCounts]:
+        rows = [t for targets in self.t.targets.values() for t in targets]
+        return response_histograms(bounds, bucket_responses(bounds, rows), self.carried_responses())
 
     def carried_responses(self) -> Iterator[CarriedResponses]:
         for (ch, q, target, le_ms), (n, total) in list(self.t.carried_responses.items()):

@@ -6,8 +6,20 @@ SQLite and PostgreSQL, and cheap to compare and index.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Float, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+WAITING = "next_wake_us IS NOT NULL OR awaiting_us IS NOT NULL"
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -42,7 +54,18 @@ class EventRow(Base):
 
 class ContactRow(Base):
     __tablename__ = "contacts"
-    __table_args__ = (Index("ix_contacts_customer", "customer_id", "opened_us"),)
+    __table_args__ = (
+        Index("ix_contacts_customer", "customer_id", "opened_us"),
+        # start-up reads the contacts waiting for a deadline or a watermark: a few among
+        # millions, found without a scan
+        Index(
+            "ix_contacts_waiting",
+            "source",
+            "conversation_id",
+            sqlite_where=text(WAITING),
+            postgresql_where=text(WAITING),
+        ),
+    )
     source: Mapped[str] = mapped_column(String(200), primary_key=True)
     conversation_id: Mapped[str] = mapped_column(String(500), primary_key=True)
     channel: Mapped[str] = mapped_column(String(16))
@@ -223,5 +246,30 @@ class CarriedResponseRow(Base):
     queue: Mapped[str] = mapped_column(String(200), primary_key=True)
     target: Mapped[str] = mapped_column(String(32), primary_key=True)
     le_ms: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    total: Mapped[float] = mapped_column(Float)
+
+
+class StateCountRow(Base):
+    """What the contact and target rows count (`metric` + JSON label values), kept in the
+    same transaction as every write and delete of those rows, so start-up reads these
+    instead of grouping the whole history. Archived rows' share is in `carried_counts`."""
+
+    __tablename__ = "state_counts"
+    metric: Mapped[str] = mapped_column(String(64), primary_key=True)
+    labels: Mapped[str] = mapped_column(String(2000), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
+class ResponseCountRow(Base):
+    """The targets' response times as histogram buckets (their count and exact sum), for
+    the bucket bounds recorded in `state_counts` (metric `response_bounds`); other bounds
+    (a config with another `within`) are counted again from the targets once."""
+
+    __tablename__ = "response_counts"
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    queue: Mapped[str] = mapped_column(String(200), primary_key=True)
+    target: Mapped[str] = mapped_column(String(32), primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger)
     total: Mapped[float] = mapped_column(Float)

@@ -6,6 +6,7 @@ row itself (a restart reads a million open targets), and plain tuples to a bulk 
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import Counter
 from collections.abc import Iterable
@@ -157,6 +158,88 @@ class Carried(StrEnum):
     REPEATS = "sla_repeat_contacts"
     UNMATCHED = "sla_contacts_unmatched"
     OUTCOMES = "sla_target_outcomes"
+
+
+CONTACTS_SEEN = "contacts"  # state_counts metric: (source, channel, queue) -> contacts
+RESPONSE_BOUNDS = "response_bounds"  # state_counts metric: the response buckets' bounds
+
+# a contact or target row's counted labels (metric, label values) -> how many
+StateCounts = Counter[tuple[str, tuple[str, ...]]]
+
+
+def state_counts(contacts: Iterable[Row], targets: Iterable[Row], sign: int = 1) -> StateCounts:
+    """What these contact and target rows (records or plain tuples in field order) add to
+    the counters kept beside them (`sign` -1: what removing them takes away)."""
+    out: StateCounts = Counter()
+    for c in contacts:
+        # ContactRecord order: source 0, channel 2, queue 3, priority 4, opened_us 8,
+        # unmatched 15, repeat_counted 16
+        out[(CONTACTS_SEEN, (c[0], c[2], c[3]))] += sign
+        if c[8] is not None:
+            out[(Carried.OPENED, (c[2], c[3], c[4]))] += sign
+        if c[15]:
+            out[(Carried.UNMATCHED, (c[2], c[3]))] += sign
+        if c[16]:
+            out[(Carried.REPEATS, (c[2], c[3]))] += sign
+    for t in targets:
+        # TargetRecord order: target 2, channel 4, queue 5, priority 6, outcome 8
+        if t[8] is not None:
+            out[(Carried.OUTCOMES, (t[4], t[5], t[6], t[2], t[8]))] += sign
+    return out
+
+
+class ResponseCounts(NamedTuple):
+    """One response-time histogram: per bucket of the given bounds (the last is +Inf)
+    how many, and the exact sum of them all."""
+
+    channel: str
+    queue: str
+    target: str
+    counts: tuple[int, ...]
+    total: float
+
+
+# (channel, queue, target, bucket) -> (how many, their sum)
+ResponseBuckets = dict[tuple[str, str, str, int], tuple[int, float]]
+
+
+def bucket_responses(
+    bounds: tuple[float, ...], targets: Iterable[Row], sign: int = 1
+) -> ResponseBuckets:
+    """These target rows' response times in the buckets of `bounds` (a bucket takes the
+    values up to and including its bound, as Prometheus's `le`)."""
+    out: ResponseBuckets = {}
+    for t in targets:
+        seconds = t[15]  # TargetRecord order: response_seconds 15
+        if seconds is None:
+            continue
+        key = (t[4], t[5], t[2], bisect.bisect_left(bounds, seconds))
+        n, total = out.get(key, (0, 0.0))
+        out[key] = (n + sign, total + sign * float(seconds))
+    return out
+
+
+def response_histograms(
+    bounds: tuple[float, ...], buckets: ResponseBuckets, carried: Iterable[CarriedResponses]
+) -> list[ResponseCounts]:
+    """Histograms from bucketed counts plus what archived rows carried."""
+    merged: dict[tuple[str, str, str], tuple[list[int], float]] = {}
+
+    def add(labels: tuple[str, str, str], bucket: int, n: int, total: float) -> None:
+        counts, sum_ = merged.get(labels) or ([0] * (len(bounds) + 1), 0.0)
+        counts[bucket] += n
+        merged[labels] = (counts, sum_ + total)
+
+    for (ch, q, tg, bucket), (n, total) in buckets.items():
+        add((ch, q, tg), bucket, n, total)
+    for c in carried:
+        bucket = bisect.bisect_left(bounds, c.le_seconds)  # exact: rounded up to the ms
+        add((c.channel, c.queue, c.target), bucket, c.how_many, c.total)
+    return [
+        ResponseCounts(ch, q, tg, tuple(counts), total)
+        for (ch, q, tg), (counts, total) in merged.items()
+        if any(counts)
+    ]
 
 
 @dataclass(frozen=True)

@@ -49,12 +49,16 @@ from sla_monitor.adapters.orm import (
     RejectedCountRow,
     RejectedRow,
     ReplicaRow,
+    ResponseCountRow,
     SkippedCountRow,
     SourceStateRow,
+    StateCountRow,
     TargetRow,
 )
 from sla_monitor.adapters.records import (
     CONTACT_FIELDS,
+    CONTACTS_SEEN,
+    RESPONSE_BOUNDS,
     TARGET_FIELDS,
     AlertingTarget,
     Carried,
@@ -64,11 +68,17 @@ from sla_monitor.adapters.records import (
     PendingWake,
     QuietContact,
     RejectedRecord,
+    ResponseBuckets,
+    ResponseCounts,
     Row,
     SourceCounts,
     SourceState,
+    StateCounts,
     TargetRecord,
+    bucket_responses,
     carried_counts,
+    response_histograms,
+    state_counts,
 )
 from sla_monitor.domain.engine import ContactSummary
 from sla_monitor.domain.events import (
@@ -98,6 +108,8 @@ ARCHIVE_RUNS = cast(Table, ArchiveRunRow.__table__)
 HORIZONS = cast(Table, ArchiveHorizonRow.__table__)
 CARRIED = cast(Table, CarriedCountRow.__table__)
 CARRIED_RESPONSES = cast(Table, CarriedResponseRow.__table__)
+STATE_COUNTS = cast(Table, StateCountRow.__table__)
+RESPONSE_COUNTS = cast(Table, ResponseCountRow.__table__)
 
 
 def _printable(text: str) -> str:
@@ -237,6 +249,7 @@ class SqlStore:
     @contextmanager
     def begin(self) -> Iterator[SqlTransaction]:
         with self.engine.begin() as conn:
+            conn.info.pop(_BOUNDS, None)  # read once per transaction (another may change it)
             yield SqlTransaction(conn, self.dialect)
 
     @contextmanager
@@ -244,6 +257,7 @@ class SqlStore:
         # a connection without an explicit transaction: on SQLite (WAL) a long read never
         # holds the write lock, so the poller writes on beside a report or an archive scan
         with self.engine.connect() as conn:
+            conn.info.pop(_BOUNDS, None)
             yield SqlTransaction(conn, self.dialect)
 
     def wrote(self, rows: int) -> None:
@@ -484,56 +498,60 @@ class _Counters(_Role):
         return self._counts(select(c.source, c.reason, c.count))
 
     def outcomes(self) -> Counts:
-        t = TARGETS.c
-        labels = (t.channel, t.queue, t.priority, t.target, t.outcome)
-        q = select(*labels, func.count()).where(t.outcome.is_not(None)).group_by(*labels)
-        return self._plus_carried(Carried.OUTCOMES, q)
-
-    def response_times(self) -> Iterator[tuple[str, str, str, float]]:
-        t = TARGETS.c
-        q = select(t.channel, t.queue, t.target, t.response_seconds).where(
-            t.response_seconds.is_not(None)
-        )
-        for r in self.conn.execute(q.execution_options(yield_per=10000)):
-            yield (r[0], r[1], r[2], float(r[3]))
+        return self._plus_carried(Carried.OUTCOMES)
 
     def opened(self) -> Counts:
-        c = CONTACTS.c
-        labels = (c.channel, c.queue, c.priority)
-        q = select(*labels, func.count()).where(c.opened_us.is_not(None)).group_by(*labels)
-        return self._plus_carried(Carried.OPENED, q)
+        return self._plus_carried(Carried.OPENED)
 
     def unmatched(self) -> Counts:
-        c = CONTACTS.c
-        q = (
-            select(c.channel, c.queue, func.count())
-            .where(c.unmatched.is_(True))
-            .group_by(c.channel, c.queue)
-        )
-        return self._plus_carried(Carried.UNMATCHED, q)
+        return self._plus_carried(Carried.UNMATCHED)
 
     def repeats(self) -> Counts:
-        c = CONTACTS.c
-        q = (
-            select(c.channel, c.queue, func.count())
-            .where(c.repeat_counted.is_(True))
-            .group_by(c.channel, c.queue)
-        )
-        return self._plus_carried(Carried.REPEATS, q)
+        return self._plus_carried(Carried.REPEATS)
 
     def queues_seen(self) -> list[tuple[str, str, str]]:
-        q = select(CONTACTS.c.source, CONTACTS.c.channel, CONTACTS.c.queue).distinct()
-        return [(r[0], r[1], r[2]) for r in self.conn.execute(q)]
+        seen = self._state_counts(CONTACTS_SEEN)
+        return sorted((labels[0], labels[1], labels[2]) for labels, n in seen.items() if n > 0)
+
+    def _state_counts(self, metric: str) -> Counter[tuple[str, ...]]:
+        c = STATE_COUNTS.c
+        q = select(c.labels, c.value).where(c.metric == metric)
+        return Counter({tuple(json.loads(r[0])): int(r[1]) for r in self.conn.execute(q)})
+
+    def count_responses_in(self, bounds: tuple[float, ...]) -> None:
+        if _response_bounds(self) != bounds:
+            self._recount_responses(bounds)
+
+    def responses(self, bounds: tuple[float, ...]) -> list[ResponseCounts]:
+        self.count_responses_in(bounds)
+        c = RESPONSE_COUNTS.c
+        q = select(c.channel, c.queue, c.target, c.bucket, c.count, c.total)
+        buckets = {(r[0], r[1], r[2], r[3]): (int(r[4]), float(r[5])) for r in self.conn.execute(q)}
+        return response_histograms(bounds, buckets, self.carried_responses())
+
+    def _recount_responses(self, bounds: tuple[float, ...]) -> None:
+        """Bucket every stored response time again, for new bounds (a `within` added to or
+        changed in the config): the one start-up that reads the targets' history."""
+        t = TARGETS.c
+        q = select(*_TARGET_SELECT).where(t.response_seconds.is_not(None))
+        buckets = bucket_responses(bounds, self.conn.execute(q.execution_options(yield_per=10000)))
+        self.conn.execute(delete(RESPONSE_COUNTS))
+        self.conn.execute(delete(STATE_COUNTS).where(STATE_COUNTS.c.metric == RESPONSE_BOUNDS))
+        self.conn.execute(
+            STATE_COUNTS.insert().values(
+                metric=RESPONSE_BOUNDS, labels=json.dumps(list(bounds)), value=0
+            )
+        )
+        self.conn.info[_BOUNDS] = bounds
+        _add_responses(self, buckets)
 
     def ingested(self) -> Counts:
         c = INGESTED.c
         return self._counts(select(c.source, c.kind, c.count))
 
-    def _plus_carried(self, counter: Carried, grouped: Any) -> Counts:
-        """A grouped count (label columns, then the count) plus what archived rows carried."""
-        totals: Counter[tuple[str, ...]] = Counter()
-        for r in self.conn.execute(grouped):
-            totals[tuple(r[:-1])] += int(r[-1])
+    def _plus_carried(self, counter: Carried) -> Counts:
+        """What the stored rows count plus what archived rows carried."""
+        totals = self._state_counts(counter.value)
         for labels, n in self._carried(counter):
             totals[labels] += n
         return list(totals.items())
@@ -584,19 +602,39 @@ class _State(_Role):
         return out
 
     def delete(self, keys: Iterable[ContactKey]) -> None:
+        # the deleted rows come back (RETURNING) to take their share out of the counts
         keys = list(keys)
+        targets: list[Row] = []
+        contacts: list[Row] = []
         for where in _by_contact(TARGETS, keys):
-            self.conn.execute(delete(TARGETS).where(where))
+            targets += self.conn.execute(delete(TARGETS).where(where).returning(*_TARGET_SELECT))
         for where in _by_contact(CONTACTS, keys):
-            self.conn.execute(delete(CONTACTS).where(where))
+            found = self.conn.execute(delete(CONTACTS).where(where).returning(*_CONTACT_SELECT))
+            contacts += found
+        self._counted(contacts, targets, -1)
 
     def write(self, contacts: Sequence[Row], targets: Sequence[Row]) -> None:
         insert_rows(self.conn, CONTACTS, CONTACT_FIELDS, contacts)
         insert_rows(self.conn, TARGETS, TARGET_FIELDS, targets)
+        self._counted(contacts, targets, +1)
+
+    def _counted(self, contacts: Sequence[Row], targets: Sequence[Row], sign: int) -> None:
+        """Keep the counts beside the rows (start-up reads them, not the rows)."""
+        _add_state_counts(self, state_counts(contacts, targets, sign))
+        bounds = _response_bounds(self)
+        if bounds is not None:
+            _add_responses(self, bucket_responses(bounds, targets, sign))
 
     def set_repeats(self, links: dict[ContactKey, ContactKey | None]) -> None:
         if not links:
             return
+        # contacts counted as repeats for the first time now (counted once, for good)
+        c = CONTACTS.c
+        first: StateCounts = Counter()
+        for where in _by_contact(CONTACTS, [k for k, v in links.items() if v is not None]):
+            q = select(c.channel, c.queue).where(where, c.repeat_counted.is_not(True))
+            for channel, queue in self.conn.execute(q):
+                first[(Carried.REPEATS, (channel, queue))] += 1
         stmt = (
             update(CONTACTS)
             .where(
@@ -623,6 +661,7 @@ class _State(_Role):
                 for k, v in links.items()
             ],
         )
+        _add_state_counts(self, first)
 
     def _summaries(
         self, customers: Iterable[str], where: Any = None
@@ -656,6 +695,8 @@ class _State(_Role):
     def clear(self) -> None:
         self.conn.execute(delete(TARGETS))
         self.conn.execute(delete(CONTACTS))
+        self.conn.execute(delete(STATE_COUNTS).where(STATE_COUNTS.c.metric != RESPONSE_BOUNDS))
+        self.conn.execute(delete(RESPONSE_COUNTS))
 
     def open_targets(self) -> Iterator[TargetRecord]:
         q = select(*_TARGET_SELECT).where(TARGETS.c.is_open.is_(True))
@@ -898,6 +939,57 @@ def _add_counts(
     role.conn.execute(
         stmt, [{labels[0]: k[0], labels[1]: k[1], "count": n} for k, n in counts.items()]
     )
+
+
+def _add_state_counts(role: _Role, counts: StateCounts) -> None:
+    """Add to the counts kept beside the contact and target rows (in label order, so two
+    writers never wait on each other's rows in opposite orders)."""
+    rows = [
+        {"metric": str(metric), "labels": json.dumps(list(labels)), "value": n}
+        for (metric, labels), n in sorted(counts.items())
+        if n
+    ]
+    if not rows:
+        return
+    stmt = role._insert(STATE_COUNTS)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["metric", "labels"],
+        set_={"value": STATE_COUNTS.c.value + stmt.excluded.value},
+    )
+    role.conn.execute(stmt, rows)
+
+
+_BOUNDS = "sla_monitor.response_bounds"  # where a transaction keeps them once read
+
+
+def _response_bounds(role: _Role) -> tuple[float, ...] | None:
+    """The bounds the kept response buckets are counted in (None: not counted yet)."""
+    info = role.conn.info
+    if _BOUNDS not in info:
+        q = select(STATE_COUNTS.c.labels).where(STATE_COUNTS.c.metric == RESPONSE_BOUNDS)
+        found = role.conn.execute(q).scalar()
+        info[_BOUNDS] = None if found is None else tuple(float(b) for b in json.loads(found))
+    bounds: tuple[float, ...] | None = info[_BOUNDS]
+    return bounds
+
+
+def _add_responses(role: _Role, buckets: ResponseBuckets) -> None:
+    rows = [
+        {"channel": k[0], "queue": k[1], "target": k[2], "bucket": k[3], "count": n, "total": t}
+        for k, (n, t) in sorted(buckets.items())
+        if n
+    ]
+    if not rows:
+        return
+    stmt = role._insert(RESPONSE_COUNTS)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["channel", "queue", "target", "bucket"],
+        set_={
+            "count": RESPONSE_COUNTS.c.count + stmt.excluded.count,
+            "total": RESPONSE_COUNTS.c.total + stmt.excluded.total,
+        },
+    )
+    role.conn.execute(stmt, rows)
 
 
 def _by_contact(

@@ -17,6 +17,7 @@ from sys import intern
 from sla_monitor.adapters.abc import Transaction
 from sla_monitor.adapters.records import SourceState
 from sla_monitor.domain.events import ContactKey
+from sla_monitor.domain.policy import Policy
 
 DEFAULT_BUCKETS = (
     1,
@@ -44,6 +45,12 @@ DEFAULT_BUCKETS = (
 )
 
 TargetKey = tuple[str, str, str, int]  # source, conversation id, target, seq
+
+
+def response_buckets(policy: Policy) -> tuple[float, ...]:
+    """The response-time histogram's bounds: the defaults and every configured `within`
+    (so `le="3600"` answers "within the hour")."""
+    return tuple(sorted(set(DEFAULT_BUCKETS) | policy.all_withins()))
 
 
 @dataclass
@@ -244,10 +251,10 @@ def resume(
         (live.late, c.late()),
     ):
         counter.update(dict(stored))
-    for ch, q, tg, v in tx.counters.response_times():
-        live.response(ch, q, tg, v)
-    for ch, q, tg, v, n, total in tx.counters.carried_responses():
-        live.response(ch, q, tg, v, n, total)
+    for rc in tx.counters.responses(live.buckets):
+        live.responses[(rc.channel, rc.queue, rc.target)] = Histogram(
+            live.buckets, list(rc.counts), rc.total, sum(rc.counts)
+        )
     for ch, q, _p in live.opened:  # queues now only in archives keep their zeros
         live.series.add((ch, q))
     for _src, ch, q in tx.counters.queues_seen():

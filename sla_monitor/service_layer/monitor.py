@@ -11,7 +11,7 @@ import logging
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -50,13 +50,20 @@ from sla_monitor.domain.timeutil import from_micros, iso, to_micros
 from sla_monitor.service_layer.aggregates import Labels, TargetChange, diff
 from sla_monitor.service_layer.clock import Clock
 from sla_monitor.service_layer.deadlines import DeadlineIndex
-from sla_monitor.service_layer.live import DEFAULT_BUCKETS, LiveState, SourceHealth, resume
+from sla_monitor.service_layer.live import LiveState, SourceHealth, response_buckets, resume
 from sla_monitor.service_layer.repeats import relink
 from sla_monitor.sources.abc import PollResult
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
-POLL_CHUNK = 5_000  # events per transaction of a large poll (the lock is freed in between)
+# A large poll is stored and evaluated a chunk at a time, the lock freed in between, so a
+# deadline falling due meanwhile waits for one chunk at most: chunks of at most POLL_CHUNK
+# events, sized so that one holds the lock about CHUNK_SECONDS (it takes longer with more
+# open targets and a busier machine), never fewer than MIN_CHUNK events.
+POLL_CHUNK = 5_000
+FIRST_CHUNK = 1_000
+MIN_CHUNK = 100
+CHUNK_SECONDS = 0.2
 
 
 class TargetListener(Protocol):
@@ -132,8 +139,7 @@ class Monitor:
         self.policy = config.policy
         self.clock = clock
         self.listeners = list(listeners)
-        buckets = tuple(sorted(set(DEFAULT_BUCKETS) | self.policy.all_withins()))
-        self.live = LiveState(buckets)
+        self.live = LiveState(response_buckets(self.policy))
         self.lock = threading.RLock()
         self.sources: dict[str, SourceState] = {}
         self.deadlines = DeadlineIndex()
@@ -144,6 +150,7 @@ class Monitor:
         # the leader evaluates. Otherwise one process does everything inline.
         self.clustered = False
         self.poll_chunk = POLL_CHUNK
+        self.timer: Callable[[], float] = time.perf_counter  # how long a chunk held the lock
         self._waking = threading.Condition()  # wakes waiting for the lock (see wake)
         self._wakes_waiting = 0
         self.replica_id = ""
@@ -288,14 +295,24 @@ class Monitor:
         last chunk (if the process stops before it, the poll is read again: the chunks
         already stored are duplicates then, stored once)."""
         summary = IngestSummary()
-        chunks = [] if self.clustered else _by_contact_chunks(result.events, self.poll_chunk)
-        for part in chunks[:-1]:
-            with self.lock:
-                state = self.sources.get(source) or SourceState(source, kind)
-                done = self._ingest(source, part, [], state, self.clock.now(), None)
-            summary.add(done)
-            self._let_wakes_in()
-        last = chunks[-1] if chunks else result.events
+        size = min(self.poll_chunk, FIRST_CHUNK)
+        last: Sequence[Event] = result.events
+        if not self.clustered and len(last) > size:
+            groups = deque(_by_contact(last))
+            left = len(last)
+            while left > size:
+                part = _take(groups, size)
+                left -= len(part)
+                with self.lock:
+                    started = self.timer()
+                    state = self.sources.get(source) or SourceState(source, kind)
+                    done = self._ingest(source, part, [], state, self.clock.now(), None)
+                    took = self.timer() - started
+                summary.add(done)
+                smallest = min(MIN_CHUNK, self.poll_chunk)
+                size = _next_chunk(len(part), took, smallest, self.poll_chunk)
+                self._let_wakes_in()
+            last = [e for group in groups for e in group]
         with self.lock:
             now = self.clock.now()
             state = replace(
@@ -887,20 +904,28 @@ def _rejected(source: str, e: Event, reason: str, message: str) -> Rejected:
     )
 
 
-def _by_contact_chunks(events: Sequence[Event], size: int) -> list[list[Event]]:
-    """The events in chunks of about `size`, each contact's events in one chunk (a contact
-    is evaluated once, on all it has)."""
-    if len(events) <= size:
-        return [list(events)]
+def _by_contact(events: Sequence[Event]) -> Iterable[list[Event]]:
+    """The events grouped by contact, in order of first appearance (a contact goes in one
+    chunk: it is evaluated once, on all it has)."""
     by_contact: dict[ContactKey, list[Event]] = {}
     for e in events:
         by_contact.setdefault(e.contact_key, []).append(e)
-    chunks: list[list[Event]] = [[]]
-    for group in by_contact.values():
-        if chunks[-1] and len(chunks[-1]) + len(group) > size:
-            chunks.append([])
-        chunks[-1].extend(group)
-    return chunks
+    return by_contact.values()
+
+
+def _take(groups: deque[list[Event]], size: int) -> list[Event]:
+    """The next chunk: whole contacts, about `size` events (one contact even if larger)."""
+    part: list[Event] = []
+    while groups and (not part or len(part) + len(groups[0]) <= size):
+        part.extend(groups.popleft())
+    return part
+
+
+def _next_chunk(events: int, took: float, smallest: int, largest: int) -> int:
+    """The next chunk's size: what fits in CHUNK_SECONDS at the rate the last one ran."""
+    if took <= 0:
+        return largest
+    return max(smallest, min(largest, int(events * CHUNK_SECONDS / took)))
 
 
 __all__ = ["IngestSummary", "Monitor", "TargetListener", "store_unreachable"]

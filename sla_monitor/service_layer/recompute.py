@@ -33,6 +33,7 @@ from sla_monitor.domain.engine import (
 )
 from sla_monitor.domain.events import ContactKey, Event
 from sla_monitor.domain.timeutil import from_micros, iso, to_micros
+from sla_monitor.service_layer.live import response_buckets
 
 Progress = Callable[[int, int], None]  # (contacts done, events done)
 
@@ -129,6 +130,7 @@ def replay(
     targets = 0
     with store.begin() as tx:
         tx.state.clear()
+        tx.counters.count_responses_in(response_buckets(config.policy))
         for ev in _evaluations(store, config, as_of, progress):
             batch.append(ev)
             summaries.append(_summary(ev))
@@ -188,6 +190,7 @@ def _replay_parallel(
         # forked before this process opens its writing transaction
         with multiprocessing.get_context("fork").Pool(workers) as pool, store.begin() as tx:
             tx.state.clear()
+            tx.counters.count_responses_in(response_buckets(config.policy))
             for contact_rows, target_rows, part, n in pool.imap_unordered(_replay_range, ranges):
                 tx.state.write(contact_rows, target_rows)
                 summaries.extend(part)

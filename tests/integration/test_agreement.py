@@ -157,6 +157,18 @@ def check(
     m.ingest("s", [], watermark=end)
     m.wake()
     live = _rows(store)
+    # a restart reads the counts kept beside the records: exactly what live counted
+    again = Monitor(store, config, clock)
+    again.load()
+    restarted, counted = again.snapshot(), m.snapshot()
+    for k in COUNTERS:
+        assert {key: n for key, n in restarted[k].items() if n} == {
+            key: n for key, n in counted[k].items() if n
+        }, k
+    assert restarted["responses"].keys() == counted["responses"].keys()
+    for key, (buckets, total) in counted["responses"].items():
+        assert restarted["responses"][key][0] == buckets, key
+        assert restarted["responses"][key][1] == pytest.approx(total), key
     for key, outcome in decided.items():
         assert live[key][1] == outcome
     for conv in {e.conversation_id for e in events}:

@@ -106,11 +106,9 @@ def test_a_migration_that_stops_half_way_leaves_nothing_behind_on_sqlite(
     store.close()
 
 
-def test_start_up_reads_no_event_or_rejection_history(
-    store: SqlStore, shipped_config: Config
-) -> None:
-    """Restart time must not grow with history: loading reads counts, not the events (or
-    the items set aside) behind them."""
+def test_start_up_reads_no_history(store: SqlStore, shipped_config: Config) -> None:
+    """Restart time must not grow with history: loading reads counts, not the events, the
+    items set aside or the contact and target records behind them."""
     from sqlalchemy import event
 
     from sla_monitor.sources.abc import Rejected
@@ -132,5 +130,19 @@ def test_start_up_reads_no_event_or_rejection_history(
         event.remove(store.engine, "before_cursor_execute", record)
     read = [s for s in statements if " events" in s or "rejected_events" in s]
     assert read == []
+    # nor the contact and target history: only the open and the waiting among them
+    history = [
+        s
+        for s in statements
+        if ("FROM contacts" in s and "next_wake_us IS NOT NULL" not in s)
+        or ("FROM targets" in s and "is_open" not in s)
+    ]
+    assert history == []
     assert again.live.ingested[("desk", "customer_message")] == 1  # counted all the same
     assert again.live.rejected[("desk", "bad_json")] == 1
+    assert again.live.opened == m.live.opened and sum(again.live.opened.values()) == 1
+    assert again.live.outcomes == m.live.outcomes and again.live.outcomes
+    assert {k: (h.counts, h.total) for k, h in again.live.responses.items()} == {
+        k: (h.counts, h.total) for k, h in m.live.responses.items()
+    }
+    assert again.live.series == m.live.series

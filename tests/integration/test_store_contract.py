@@ -4,30 +4,44 @@ Each test states what any implementation must do; the same body runs on all thre
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sla_monitor.adapters import open_store
-from sla_monitor.adapters.abc import LeaseLost, Store
+from sla_monitor.adapters.abc import LeaseLost, Store, Transaction
 from sla_monitor.adapters.records import (
     NO_PRIORITY,
+    Carried,
+    CarriedCounts,
+    CarriedResponses,
     ContactRecord,
+    ResponseCounts,
     SourceState,
     TargetRecord,
+    bucket_responses,
+    carried_counts,
+    decided_of,
     evaluation_rows,
+    response_histograms,
+    state_counts,
 )
 from sla_monitor.domain.engine import evaluate_contact
-from sla_monitor.domain.events import Event, Rejected
+from sla_monitor.domain.events import ContactKey, Event, Rejected
 from sla_monitor.domain.timeutil import to_micros
 
 from ..conftest import PostgresServer
 from ..helpers import T0, at, ev, policy, stored_events
 
 US = to_micros(T0)
+BOUNDS = (20.0, 60.0, 3600.0)
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgresql"])
@@ -184,7 +198,13 @@ def test_state_records_round_trip_and_feed_the_counters(store: Store) -> None:
             ("email", "billing", NO_PRIORITY, "first_reply", "breached"),
             2,
         ) in tx.counters.outcomes()
-        assert sorted(tx.counters.response_times()) == [("email", "billing", "auto_ack", 20.0)] * 2
+        assert tx.counters.responses((10.0, 20.0, 30.0)) == [
+            ResponseCounts("email", "billing", "auto_ack", (0, 2, 0, 0), 40.0)
+        ]
+        # other bounds (a `within` changed in the config): the same times, counted again
+        assert tx.counters.responses((5.0, 19.5)) == [
+            ResponseCounts("email", "billing", "auto_ack", (0, 0, 2), 40.0)
+        ]
         assert tx.counters.queues_seen() == [("s", "email", "billing")]
         assert sorted(tx.counters.ingested()) == [
             (("s", "auto_reply"), 2),
@@ -264,6 +284,7 @@ def test_archive_moves_quiet_contacts_out_and_carries_their_counts(store: Store)
     before_us = to_micros(at(minutes=35))
     with store.begin() as tx:
         assert tx.archive.horizons() == {}
+        responses_before = tx.counters.responses(BOUNDS)
         run = tx.archive.start_run(before_us, "a.jsonl.gz", US, ["s"])
         quiet = list(tx.archive.quiet_contacts(before_us, ["s"]))
         assert [(q.source, q.conversation_id, q.customer_id) for q in quiet] == [
@@ -278,6 +299,7 @@ def test_archive_moves_quiet_contacts_out_and_carries_their_counts(store: Store)
         assert tx.archive.horizons() == {"s": before_us}
         assert stored_events(tx) == 2 and tx.state.contacts_for([("s", "A")]) == {}
         assert sorted(tx.counters.opened()) == opened_before  # carried: no counter moves
+        assert tx.counters.responses(BOUNDS) == responses_before
         assert (("s", "customer_message"), 2) in tx.counters.ingested()
         carried = list(tx.counters.carried_responses())
         assert {(c.target, c.le_seconds, c.how_many) for c in carried} >= {("auto_ack", 20.0, 1)}
@@ -306,3 +328,148 @@ def test_leases_fence_and_the_dirty_queue(store: Store) -> None:
         tx.cluster.mark_dirty([("s", "A")])  # marked again while being evaluated
         tx.cluster.clear_dirty(seen)
         assert tx.cluster.dirty(10) == {("s", "A"): 2}
+
+
+def recounted(tx: Transaction, keys: list[ContactKey], archived: CarriedCounts) -> dict[str, Any]:
+    """The counters as a recount of every stored record (plus what archiving carried)
+    says they stand: what the kept counts must always equal."""
+    contacts = list(tx.state.contacts_for(keys).values())
+    targets = [t for rows in tx.state.targets_for(keys).values() for t in rows]
+    counts = state_counts(contacts, targets)
+    out: dict[str, Any] = {}
+    for name, metric in (
+        ("opened", Carried.OPENED),
+        ("unmatched", Carried.UNMATCHED),
+        ("repeats", Carried.REPEATS),
+        ("outcomes", Carried.OUTCOMES),
+    ):
+        total = Counter({labels: n for (m, labels), n in counts.items() if m == metric})
+        total.update(archived.counters.get(metric, Counter()))
+        out[name] = sorted((k, n) for k, n in total.items() if n)
+    out["queues"] = sorted({(c.source, c.channel, c.queue) for c in contacts})
+    carried = [
+        CarriedResponses(ch, q, tg, le / 1000, n, total)
+        for (ch, q, tg, le), (n, total) in archived.responses.items()
+    ]
+    for bounds in (BOUNDS, (30.0, 600.0)):
+        out[f"responses {bounds}"] = sorted(
+            response_histograms(bounds, bucket_responses(bounds, targets), carried)
+        )
+    return out
+
+
+def kept(tx: Transaction) -> dict[str, Any]:
+    c = tx.counters
+    out: dict[str, Any] = {
+        "opened": sorted((k, n) for k, n in c.opened() if n),
+        "unmatched": sorted((k, n) for k, n in c.unmatched() if n),
+        "repeats": sorted((k, n) for k, n in c.repeats() if n),
+        "outcomes": sorted((k, n) for k, n in c.outcomes() if n),
+        "queues": sorted(c.queues_seen()),
+    }
+    for bounds in (BOUNDS, (30.0, 600.0)):
+        out[f"responses {bounds}"] = sorted(c.responses(bounds))
+    return out
+
+
+CONVERSATIONS = ["A", "B", "C", "D"]
+step = st.one_of(
+    st.tuples(
+        st.just("evaluate"),
+        st.sampled_from(CONVERSATIONS),
+        st.integers(1, 4),  # how many of its events are in
+        st.sampled_from(["billing", "sales"]),
+        st.integers(1, 7200),  # seconds to the agent's reply
+        st.integers(0, 300),  # minutes from the start to "now"
+    ),
+    st.tuples(
+        st.just("link"), st.sampled_from(CONVERSATIONS), st.sampled_from([None, *CONVERSATIONS])
+    ),
+    st.tuples(st.just("archive"), st.sampled_from(CONVERSATIONS)),
+    st.tuples(st.just("clear")),
+    st.tuples(st.just("bounds")),  # start-up with other bounds (a `within` changed)
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=st.lists(step, max_size=14))
+def test_kept_counts_always_equal_a_recount_of_the_records(
+    store: Store, steps: list[tuple[Any, ...]]
+) -> None:
+    """Start-up reads counts kept beside the records, not the records: whatever sequence
+    of writes, deletes, links, archiving and replays (clear) ran, they agree with a recount."""
+    with store.begin() as tx:  # each example starts empty (records; carried counts stay)
+        tx.state.clear()
+        carried = list(tx.counters.carried_responses())
+    archived = CarriedCounts({c: Counter() for c in Carried}, {}, 0)
+    for c in carried:  # archived by earlier examples: carried for good
+        archived.responses[(c.channel, c.queue, c.target, round(c.le_seconds * 1000))] = (
+            c.how_many,
+            c.total,
+        )
+    with store.read() as tx:
+        for name, counts in (
+            ("opened", tx.counters.opened()),
+            ("unmatched", tx.counters.unmatched()),
+            ("repeats", tx.counters.repeats()),
+            ("outcomes", tx.counters.outcomes()),
+        ):
+            metric = {"opened": Carried.OPENED, "unmatched": Carried.UNMATCHED}.get(
+                name, Carried.REPEATS if name == "repeats" else Carried.OUTCOMES
+            )
+            archived.counters[metric].update(dict(counts))
+    keys = [("s", conv) for conv in CONVERSATIONS]
+    for s in steps:
+        with store.begin() as tx:
+            if s[0] == "evaluate":
+                _, conv, n, queue, reply_s, now_min = s
+                events = [
+                    ev("customer_message", at(), conv=conv, queue=queue, event_id=f"{conv}-1"),
+                    ev("auto_reply", at(seconds=30), conv=conv, queue=queue, event_id=f"{conv}-2"),
+                    ev(
+                        "agent_reply",
+                        at(seconds=reply_s),
+                        conv=conv,
+                        queue=queue,
+                        event_id=f"{conv}-3",
+                    ),
+                    ev(
+                        "customer_message",
+                        at(hours=3),
+                        conv=conv,
+                        queue=queue,
+                        event_id=f"{conv}-4",
+                    ),
+                ][:n]
+                now = at(minutes=now_min)
+                old = tx.state.targets_for([("s", conv)])
+                evaluation = evaluate_contact(
+                    events, policy(), now, now, decided_of(old, ("s", conv))
+                )
+                tx.state.delete([("s", conv)])
+                tx.state.write(*evaluation_rows([evaluation]))
+            elif s[0] == "link":
+                _, conv, to = s
+                if tx.state.contacts_for([("s", conv)]):
+                    tx.state.set_repeats({("s", conv): ("s", to) if to else None})
+            elif s[0] == "archive":
+                key = ("s", s[1])
+                contacts = list(tx.state.contacts_for([key]).values())
+                targets = tx.state.targets_for([key]).get(key, [])
+                if contacts:
+                    moved = carried_counts(contacts, targets)
+                    for metric, counts in moved.counters.items():
+                        archived.counters[metric].update(counts)
+                    for bucket, (n, total) in moved.responses.items():
+                        was_n, was_total = archived.responses.get(bucket, (0, 0.0))
+                        archived.responses[bucket] = (was_n + n, was_total + total)
+                    run = tx.archive.start_run(US, "a.jsonl.gz", US, [])
+                    tx.archive.archive([key], run, lambda _events: None)
+            elif s[0] == "clear":
+                tx.state.clear()
+            else:
+                tx.counters.responses((1.0, 2.0))
+        with store.read() as tx:
+            assert kept(tx) == recounted(tx, keys, archived)

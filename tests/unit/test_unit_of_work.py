@@ -110,3 +110,35 @@ def test_a_large_poll_lets_a_waiting_wake_in_between_its_chunks(shipped_config: 
     waker[0].join()
     assert order == ["poll chunk", "wake", "poll chunk", "poll chunk"]
     assert m.live.ingested[("desk", "customer_message")] == 3  # and nothing lost
+
+
+@pytest.mark.parametrize(("seconds_per_chunk", "expected"), [(10.0, 100), (0.0, 5000)])
+def test_a_large_poll_holds_the_lock_a_bounded_time_per_chunk(
+    shipped_config: Config, seconds_per_chunk: float, expected: int
+) -> None:
+    """Chunks are sized by how long the last one held the lock (more open targets or a
+    busier machine: smaller chunks), so a deadline waits for about CHUNK_SECONDS at most."""
+    sizes: list[int] = []
+
+    class Recording(MemoryStore):
+        @contextmanager
+        def begin(self) -> Iterator[MemoryTransaction]:
+            with super().begin() as tx:
+                add = tx.events.add
+                tx.events.add = lambda events, now_us: (
+                    sizes.append(len(events))
+                    or add(  # type: ignore[method-assign]
+                        events, now_us
+                    )
+                )
+                yield tx
+
+    m = Monitor(Recording(), shipped_config, FixedClock(at(minutes=30)))
+    ticks = iter(range(10_000))
+    m.timer = lambda: next(ticks) * seconds_per_chunk  # each chunk "takes" this long
+    events = [e for i in range(7_000) for e in email_contact(f"c{i}", f"cust-{i}")]
+    m.apply_poll("desk", "jsonl", PollResult(events, cursor="1", watermark=at()), 0.0)
+    assert sizes[0] == 1000  # the first chunk, before any rate is known
+    assert max(sizes[1:-1]) == min(sizes[1:-1]) == expected  # then what the rate allows
+    assert sum(sizes) == len(events)
+    assert m.live.ingested[("desk", "customer_message")] == 7_000  # nothing lost
