@@ -17,6 +17,7 @@ import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -386,10 +387,10 @@ def bench_open_targets(
                     "<= 50 ms at 1M",
                     pauses[1] <= 0.05,
                 )
-                ready, loaded = time_to_ready(store, config, now)
+                ready, whole, loaded = time_to_ready(store, Path(tmp) / "bench.yaml", now)
                 report(
                     f"restart to ready, {loaded:,} open targets",
-                    f"{ready:.2f} s",
+                    f"{ready:.2f} s ({whole:.1f} s with start-up)",
                     "",
                     None,
                     "(sizing figure: loading open targets)",
@@ -624,18 +625,22 @@ def store_history(store: SqlStore, events_total: int) -> int:
     return n
 
 
-def time_to_ready(store: SqlStore, config: Config, now: datetime) -> tuple[float, int]:
-    """What `run` does before it is ready: the monitor's load, the heap settled, the
-    active pages read. Returns the seconds and the open targets loaded."""
+def time_to_ready(store: SqlStore, config: Path, now: datetime) -> tuple[float, float, int]:
+    """A restart: a fresh process (`bench.ready`) that does what `run` does before it is
+    ready (the monitor's load, the heap settled, the active pages read). Returns the seconds
+    from the monitor's construction to ready, from the process's start to ready (Python and
+    the imports included), and the open targets loaded."""
     t = time.perf_counter()
-    monitor = Monitor(store, config, FixedClock(now))
-    monitor.load()
-    settle_heap()
-    with store.begin() as tx:
-        tx.state.alerting()
-    seconds = time.perf_counter() - t
-    gc.unfreeze()
-    return seconds, len(monitor.live.open)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.ready", store.url, str(config), now.isoformat()],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    whole = time.perf_counter() - t
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(found["seconds"]), whole, int(found["open"])
 
 
 # the counts start-up took by grouping the history before they were kept (issue 14)
@@ -652,10 +657,10 @@ GROUPED_COUNTS = (
 )
 
 
-def bench_restart(store: SqlStore, config: Config, stored: int, now: datetime) -> None:
-    """Time to ready on a stored history, against the same start-up that also groups the
-    history's contacts and targets (as start-up did before the counts were kept)."""
-    ready, open_targets = time_to_ready(store, config, now)
+def bench_restart(store: SqlStore, stored: int, now: datetime) -> None:
+    """Time to ready on a stored history, against grouping that history's contacts and
+    targets (what start-up did before the counts were kept)."""
+    ready, whole, open_targets = time_to_ready(store, CONFIG, now)
     t = time.perf_counter()
     with store.engine.connect() as conn:
         for query in GROUPED_COUNTS:
@@ -664,11 +669,11 @@ def bench_restart(store: SqlStore, config: Config, stored: int, now: datetime) -
     grouped = time.perf_counter() - t + ready
     report(
         f"restart to ready ({stored:,} stored events, {open_targets:,} open targets)",
-        f"{ready:.2f} s",
+        f"{ready:.2f} s ({whole:.1f} s with start-up)",
         f"grouping the history {grouped:.2f} s",
         ready / grouped,
         "<= 5 s at 10M events (issue 14)",
-        ready <= 5.0,
+        whole <= 5.0,
     )
 
 
@@ -696,7 +701,7 @@ def bench_replay(events_total: int, rounds: int) -> None:
             replay(store, config, T0 + timedelta(days=400), partial(_processed, done))
             rates.append(done[0] / (time.perf_counter() - t))
             assert done[0] == n, (done[0], n)  # an honest rate: every stored event replayed
-        bench_restart(store, config, n, T0 + timedelta(days=400))
+        bench_restart(store, n, T0 + timedelta(days=400))
         store.close()
     rate, read_rate = statistics.median(rates), statistics.median(reads)
     report(
@@ -724,7 +729,7 @@ def bench_archive(events_total: int) -> None:
         with store.begin() as conn:
             conn.sources.save(SourceState("bench", "bench", watermark=now))
         replay(store, config, now)
-        bench_restart(store, config, events_total, now)
+        bench_restart(store, events_total, now)
         before = T0 + timedelta(days=days // 2)
         t = time.perf_counter()
         with store.read() as tx:

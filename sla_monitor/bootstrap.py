@@ -15,16 +15,17 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
 
 from sla_monitor.adapters import open_store
-from sla_monitor.config import load_config
+from sla_monitor.config import ConfigError, load_config
 from sla_monitor.publishing.alertmanager import AlertmanagerPublisher, DeliveryCollector
 from sla_monitor.publishing.metrics import MonitorCollector
 from sla_monitor.service_layer.clock import choose_clock
 from sla_monitor.service_layer.monitor import Monitor
 from sla_monitor.service_layer.runtime import Endpoint, Runtime
-from sla_monitor.sources import build_source, validate_source_config
+from sla_monitor.sources import build_source, secrets_of_source, validate_source_config
 from sla_monitor.sources.abc import SourceContext
 
-Serve = Callable[[CollectorRegistry, str], Endpoint]  # (registry, listen address)
+# (registry, listen address, web config file: TLS and basic auth)
+Serve = Callable[[CollectorRegistry, str, str | None], Endpoint]
 
 
 def build_app(
@@ -33,8 +34,12 @@ def build_app(
     listen: str | None = None,
     alertmanagers: list[str] | None = None,
     serve: Serve | None = None,
+    web_config: str | None = None,
 ) -> Runtime:
     config = load_config(config_path, validate_source_config)
+    # a secret unset: say which, and do not start
+    if missing := config.preflight(secrets_of_source, database=db_url is None):
+        raise ConfigError(missing)
     store = open_store(db_url or config.database_url)
     store.migrate()
     clock = choose_clock(config, store)
@@ -74,7 +79,8 @@ def build_app(
     registry.register(DeliveryCollector(lambda: _publisher(runtime)))
     registry.register(ProcessCollector(registry=None))
     if serve is not None:
-        runtime.endpoint = serve(registry, listen or config.settings.listen)
+        web = web_config or config.web_config_path
+        runtime.endpoint = serve(registry, listen or config.settings.listen, web)
     return runtime
 
 

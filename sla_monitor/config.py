@@ -27,7 +27,7 @@ from sla_monitor.domain.calendar import (
 )
 from sla_monitor.domain.events import Channel, EventKind, Status
 from sla_monitor.domain.policy import Match, Policy, Rule, TargetName, TargetSpec
-from sla_monitor.domain.timeutil import parse_duration
+from sla_monitor.domain.timeutil import format_duration, parse_duration
 
 DEFAULT_LISTEN = "0.0.0.0:9799"
 DEFAULT_DATABASE = "sqlite:///sla-monitor.db"
@@ -196,7 +196,10 @@ class TargetConfig(_Model):
         if v is None:
             return None
         if isinstance(v, str) and v.strip().endswith("%"):
-            v = float(v.strip()[:-1]) / 100
+            try:
+                return float(v.strip()[:-1]) / 100  # a fraction of `within` (checked later)
+            except ValueError:
+                raise ValueError(f"not a percentage: {v!r}") from None
         if isinstance(v, float) and 0 < v < 1:
             return v  # a fraction of `within`
         return _duration(v)
@@ -317,6 +320,8 @@ class LimitsConfig(_Model):
 class Settings(_Model):
     database: DatabaseConfig | str = DatabaseConfig()
     listen: str = DEFAULT_LISTEN
+    # TLS and basic auth for /metrics (exporter-toolkit's web-config.yml format)
+    web_config_file: str | None = None
     alerting: AlertingConfig = AlertingConfig()
     cluster: ClusterConfig = ClusterConfig()
     limits: LimitsConfig = LimitsConfig()
@@ -350,6 +355,34 @@ class Config:
     def database_url(self) -> str:
         db = self.settings.database
         return db if isinstance(db, str) else db.resolve()
+
+    def preflight(self, check_source: SourceCheck, database: bool = True) -> list[str]:
+        """What `run` would meet that a check can find without side effects: each
+        source's `check_source` problems (secrets unreadable, files missing) and a database
+        URL that cannot be resolved (`database`: unless another is given); each as
+        file:line: key: problem."""
+        try:
+            root = yaml.compose(Path(self.path).read_text())
+        except (OSError, yaml.YAMLError):
+            root = None
+        out = []
+        for i, src in enumerate(self.settings.sources):
+            for tail, msg in check_source(src.kind, src.options):
+                where = ("sources", i, *tail)
+                line = _node_line(root, where)
+                out.append(f"{self.path}:{line}: {_path(where)}: {msg}")
+        try:
+            _ = self.database_url if database else None
+        except ConfigError as exc:
+            line = _node_line(root, ("database",))
+            out += [f"{self.path}:{line}: {problem}" for problem in exc.problems]
+        return out
+
+    @property
+    def web_config_path(self) -> str | None:
+        """The web config file, relative to the config file's folder."""
+        name = self.settings.web_config_file
+        return None if name is None else str(Path(self.path).parent / name)
 
     def unmatched_sources(self) -> list[str]:
         """Configured sources whose contacts no policy rule can take (they would get no targets
@@ -434,6 +467,32 @@ def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
 SourceCheck = Callable[[str, Mapping[str, Any]], list[tuple[tuple[int | str, ...], str]]]
 
 
+def _duplicate_keys(path: Path, root: yaml.Node | None) -> list[str]:
+    """Keys given twice in one mapping: YAML loaders keep the last one silently, so a
+    setting an operator believes in may not be the one in force."""
+    found: list[str] = []
+
+    def walk(node: yaml.Node | None, at: tuple[int | str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key, value in node.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else None
+                if name is not None and name in seen:
+                    found.append(
+                        f"{path}:{key.start_mark.line + 1}: {_path((*at, name))}: duplicate key "
+                        f"(also on line {seen[name]}; YAML would keep only the last)"
+                    )
+                elif name is not None:
+                    seen[name] = key.start_mark.line + 1
+                walk(value, (*at, name if name is not None else "?"))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*at, i))
+
+    walk(root, ())
+    return found
+
+
 def load_config(path: str | os.PathLike[str], check_source: SourceCheck | None = None) -> Config:
     """Read and validate a config. `check_source` validates each source's kind and options
     (the CLI and the runtime pass the connector registry's)."""
@@ -452,10 +511,11 @@ def load_config(path: str | os.PathLike[str], check_source: SourceCheck | None =
         raise ConfigError([f"{at}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
     if not isinstance(data, dict):
         raise ConfigError([f"{p}: the config must be a YAML mapping (keys: policy, sources, ...)"])
+    duplicates = _duplicate_keys(p, root)
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        problems = []
+        problems = list(duplicates)
         seen = set()
         for err in exc.errors():
             loc = _clean_loc(tuple(err["loc"]))
@@ -469,8 +529,21 @@ def load_config(path: str | os.PathLike[str], check_source: SourceCheck | None =
             if entry not in seen:
                 seen.add(entry)
                 problems.append(entry)
+        # and every source's problems too, not only those of the first section that failed
+        raw = data.get("sources")
+        for i, src in enumerate(raw if isinstance(raw, list) else []):
+            if not (check_source and isinstance(src, dict) and isinstance(src.get("kind"), str)):
+                continue
+            options = src.get("options") or {}
+            options = options if isinstance(options, dict) else {}
+            for tail, msg in check_source(src["kind"], options):
+                spot: tuple[int | str, ...] = ("sources", i, *tail)
+                entry = f"{p}:{_node_line(root, spot)}: {_path(spot)}: {msg}"
+                if entry not in seen:
+                    seen.add(entry)
+                    problems.append(entry)
         raise ConfigError(problems) from None
-    found: list[str] = []
+    found: list[str] = list(duplicates)
     calendars: dict[str, BusinessCalendar] = {}
     for name, cal in settings.calendars.items():
         try:
@@ -496,6 +569,13 @@ def load_config(path: str | os.PathLike[str], check_source: SourceCheck | None =
                 clock = calendars[tc.clock.business]
             warn = tc.warn_before
             warn_td = tc.within * warn if isinstance(warn, float) else warn
+            if warn_td is not None and not timedelta(0) < warn_td < tc.within:
+                found.append(
+                    f"{p}:{_node_line(root, (*where, 'warn_before'))}: policy.rules[{i}].targets."
+                    f"{tname.value}.warn_before: {format_duration(warn_td)} is not shorter than "
+                    f"within ({format_duration(tc.within)}) and longer than 0: the warning would "
+                    "come at or before the start, or never (give less, or a share such as 25%)"
+                )
             specs.append(
                 TargetSpec(
                     tname,

@@ -844,19 +844,7 @@ class _Archive(_Role):
         return len(ids), len(targets), counts.opened
 
     def _carry(self, counter: Carried, counts: Counter[tuple[str, ...]]) -> None:
-        rows = [
-            {"metric": counter.value, "labels": json.dumps(list(k)), "value": n}
-            for k, n in counts.items()
-            if n
-        ]
-        if not rows:
-            return
-        stmt = self._insert(CARRIED)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["metric", "labels"],
-            set_={"value": CARRIED.c.value + stmt.excluded.value},
-        )
-        self.conn.execute(stmt, rows)
+        _add_labelled(self, CARRIED, Counter({(counter.value, k): n for k, n in counts.items()}))
 
     def count_opened_before(self, before_us: int) -> int:
         q = select(func.count()).select_from(CONTACTS).where(CONTACTS.c.opened_us < before_us)
@@ -942,8 +930,13 @@ def _add_counts(
 
 
 def _add_state_counts(role: _Role, counts: StateCounts) -> None:
-    """Add to the counts kept beside the contact and target rows (in label order, so two
-    writers never wait on each other's rows in opposite orders)."""
+    """Add to the counts kept beside the contact and target rows."""
+    _add_labelled(role, STATE_COUNTS, counts)
+
+
+def _add_labelled(role: _Role, table: Table, counts: StateCounts) -> None:
+    """Add to a (metric, JSON labels) -> value table, in key order (so two writers never
+    wait on each other's rows in opposite orders)."""
     rows = [
         {"metric": str(metric), "labels": json.dumps(list(labels)), "value": n}
         for (metric, labels), n in sorted(counts.items())
@@ -951,10 +944,10 @@ def _add_state_counts(role: _Role, counts: StateCounts) -> None:
     ]
     if not rows:
         return
-    stmt = role._insert(STATE_COUNTS)
+    stmt = role._insert(table)
     stmt = stmt.on_conflict_do_update(
         index_elements=["metric", "labels"],
-        set_={"value": STATE_COUNTS.c.value + stmt.excluded.value},
+        set_={"value": table.c.value + stmt.excluded.value},
     )
     role.conn.execute(stmt, rows)
 

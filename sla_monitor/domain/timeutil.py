@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 
 _UNIT_SECONDS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 0.001}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|w|d|h|m|s)")
@@ -68,6 +68,32 @@ def parse_instant(text: str | datetime) -> datetime:
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise ValueError(f"timestamp has no time zone offset: {text!r} (add 'Z' or '+01:00')")
     return dt.astimezone(UTC)
+
+
+_LOCAL = re.compile(r"\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?")
+
+
+def parse_human_instant(text: str, tz: tzinfo, now: datetime) -> datetime:
+    """An instant as a person types it: ISO-8601 with an offset ('2026-11-24T09:00Z'), a
+    local date or date and time in `tz` ('2026-11-24', '2026-11-24 09:00'), or a duration
+    ago ('7d', '90m': that long before `now`)."""
+    s = text.strip()
+    if _LOCAL.fullmatch(s):
+        try:
+            return datetime.fromisoformat(s).replace(tzinfo=tz).astimezone(UTC)
+        except ValueError as exc:
+            raise ValueError(f"not a valid date or time: {text!r} ({exc})") from None
+    try:
+        return parse_instant(s)
+    except ValueError:
+        pass
+    try:
+        return now - parse_duration(s)
+    except ValueError:
+        raise ValueError(
+            f"not an instant: {text!r} (use 2026-11-24, '2026-11-24 09:00', "
+            "2026-11-24T09:00:00Z, or how long ago: 7d, 90m)"
+        ) from None
 
 
 def to_micros(dt: datetime) -> int:

@@ -3,28 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sla_monitor import __version__
 from sla_monitor.adapters import open_store
 from sla_monitor.adapters.abc import Store
-from sla_monitor.config import Config, ConfigError, default_config_path, load_config
+from sla_monitor.config import (
+    Config,
+    ConfigError,
+    default_config_path,
+    load_config,
+    parse_listen,
+)
 from sla_monitor.domain.calendar import CONTINUOUS, CalendarError, TargetClock
 from sla_monitor.domain.timeutil import (
     from_micros,
     iso,
     parse_duration,
-    parse_instant,
+    parse_human_instant,
 )
 from sla_monitor.entrypoints import render
+from sla_monitor.entrypoints.webconfig import WebConfigError
 from sla_monitor.sources import validate_source_config
 from sla_monitor.sources._tail import MAX_LINE_BYTES
 from sla_monitor.sources.abc import Rejected
@@ -37,11 +47,29 @@ class UsageError(Exception):
     pass
 
 
-def _instant(text: str) -> datetime:
+INSTANT_OPTIONS = ("from_", "to_", "to", "as_of", "before", "watermark")  # args' names
+
+
+def _instants(args: argparse.Namespace) -> None:
+    """Options given as instants, read as a person writes them (parse_human_instant) in
+    the zone of --tz, once every option is known."""
     try:
-        return parse_instant(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        tz: tzinfo = ZoneInfo(args.tz) if args.tz not in ("UTC", "Z") else UTC
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UsageError(f"--tz {args.tz!r}: not an IANA time zone (e.g. Europe/Berlin)") from None
+    now = datetime.now(UTC).replace(microsecond=0)
+    if getattr(args, "since", None) is not None:
+        if getattr(args, "from_", None) is not None:
+            raise UsageError("give --from or --since, not both")
+        args.from_ = args.since
+    for name in INSTANT_OPTIONS:
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            try:
+                setattr(args, name, parse_human_instant(value, tz, now))
+            except ValueError as exc:
+                option = "--" + name.rstrip("_").replace("_", "-")
+                raise UsageError(f"{option}: {exc}") from None
 
 
 def _duration(text: str) -> timedelta:
@@ -69,7 +97,19 @@ def _progress(label: str) -> Any:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from sla_monitor.entrypoints.webconfig import load_web_config
+    from sla_monitor.sources import preflight_source
+
     config = load_config(args.config, validate_source_config)
+    # everything `run` will need that can be checked without side effects, listed at once
+    problems = config.preflight(preflight_source)
+    if config.web_config_path:
+        try:
+            load_web_config(config.web_config_path)
+        except WebConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError(problems)
     s = config.settings
     print(
         f"{args.config}: OK — {len(s.policy.rules)} policy rules, {len(s.calendars)} calendars, "
@@ -84,7 +124,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sla_monitor.bootstrap import build_app
     from sla_monitor.entrypoints.http import MetricsServer
 
-    app = build_app(args.config, args.db, args.listen, args.alertmanager, serve=MetricsServer)
+    app = build_app(
+        args.config,
+        args.db,
+        args.listen,
+        args.alertmanager,
+        serve=MetricsServer,
+        web_config=args.web_config,
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -93,7 +140,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    app.start()
+    try:
+        app.start()
+    except BaseException:
+        app.stop()  # what did start (pages, the scheduler) must not keep the process alive
+        raise
     log.info(
         "sla-monitor %s running: %d sources, database %s",
         __version__,
@@ -138,6 +189,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         raise UsageError("--max-line-bytes must be at least 1")
     store = _store(config, args)
     monitor = Monitor(store, config, SystemClock())
+    monitor.log_rejections = False  # printed below, once each, with the line they came from
     monitor.load()
     settle_heap()  # as `run` does: what was loaded stays, the collector runs less often
     watermark = args.watermark or datetime.now(UTC)
@@ -293,27 +345,107 @@ def cmd_due(args: argparse.Namespace) -> int:
 # -- parser ---------------------------------------------------------------------------------
 
 
+INSTANT = "WHEN"  # how every instant option is shown in help
+WHEN_HELP = """\
+WHEN is a date (2026-11-24) or a local time ('2026-11-24 09:00') in --tz,
+an ISO-8601 instant with an offset (2026-11-24T09:00:00Z), or how long ago
+(7d, 90m)."""
+EXAMPLES = {
+    "run": "sla-monitor run --config /etc/sla-monitor/sla-monitor.yaml --listen 127.0.0.1:9799",
+    "check-config": "sla-monitor check-config --config /etc/sla-monitor/sla-monitor.yaml",
+    "ingest": "sla-monitor ingest events.jsonl --source helpdesk-export --strict",
+    "replay": "sla-monitor replay --as-of '2026-11-30 18:00' --tz Europe/Berlin",
+    "report": "sla-monitor report --since 7d\n  sla-monitor report --from 2026-11-01 --to "
+    "2026-12-01 --tz Europe/Berlin --format json",
+    "explain": "sla-monitor explain zendesk:48213\n  sla-monitor explain demo:1234 --as-of 2h",
+    "archive": "sla-monitor archive --before 2026-01-01 --to /backup/sla-2025.jsonl.gz",
+    "due": "sla-monitor due --calendar office --from '2026-11-27 17:30' --tz Europe/Berlin "
+    "--after 4h\n  sla-monitor due --calendar office --from 2026-11-27 --to 2026-11-30 "
+    "--format seconds",
+}
+
+
+def _options(suppress: bool) -> argparse.ArgumentParser:
+    """The options every command takes, before or after its name (`suppress`: for the
+    command's own parser, so that one given before the command is not reset after it)."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        default=default(default_config_path()),
+        help="config file (default: $SLA_MONITOR_CONFIG or config/sla-monitor.yaml)",
+    )
+    common.add_argument(
+        "--db", metavar="URL", default=default(None), help="database URL; overrides the config's"
+    )
+    common.add_argument(
+        "--log-level",
+        default=default("INFO"),
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="how much to log (default: INFO; DEBUG also shows tracebacks)",
+    )
+    common.add_argument(
+        "--log-format",
+        default=default("text"),
+        choices=["text", "json"],
+        help="text lines, or one JSON object a line for container logs (default: text)",
+    )
+    common.add_argument(
+        "--tz",
+        metavar="ZONE",
+        default=default("UTC"),
+        help="IANA time zone of dates and times given without an offset (default: UTC)",
+    )
+    return common
+
+
+def _listen(text: str) -> str:
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (e.g. 127.0.0.1:9799 or :9799)") from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sla-monitor",
         description="Responsiveness SLA monitor for customer-support teams.",
+        parents=[_options(suppress=False)],
+        epilog="Options before the command apply to it: sla-monitor --config FILE report",
     )
     p.add_argument("--version", action="version", version=f"sla-monitor {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config",
-        default=default_config_path(),
-        help="config file (default: $SLA_MONITOR_CONFIG or config/sla-monitor.yaml)",
-    )
-    common.add_argument("--db", help="database URL; overrides the config's database")
-    common.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
-    )
+    common = _options(suppress=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", parents=[common], help="poll, evaluate, serve /metrics")
+    def command(name: str, help: str, when: bool = False) -> argparse.ArgumentParser:
+        epilog = (WHEN_HELP + "\n\n" if when else "") + "example:\n  " + EXAMPLES[name]
+        return sub.add_parser(
+            name,
+            parents=[common],
+            help=help,
+            description=help[0].upper() + help[1:] + ".",
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    run = command("run", "poll, evaluate, serve /metrics, /healthz and /readyz")
     run.add_argument(
-        "--listen", help="HOST:PORT for /metrics, /healthz, /readyz (default 0.0.0.0:9799)"
+        "--listen",
+        type=_listen,
+        metavar="HOST:PORT",
+        help="where to serve /metrics, /healthz, /readyz (default: the config's listen)",
+    )
+    run.add_argument(
+        "--web-config",
+        metavar="FILE",
+        help="TLS and basic auth for /metrics, in exporter-toolkit's web-config.yml format "
+        "(default: the config's web_config_file)",
     )
     run.add_argument(
         "--alertmanager",
@@ -324,11 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
-    cc = sub.add_parser("check-config", parents=[common], help="validate the config")
+    cc = command("check-config", "validate the config and say what it holds")
     cc.set_defaults(func=cmd_check_config)
 
-    ing = sub.add_parser("ingest", parents=[common], help="import a JSON-lines file of events")
-    ing.add_argument("file")
+    ing = command("ingest", "import a JSON-lines file of events", when=True)
+    ing.add_argument("file", metavar="FILE", help="JSON lines, one event each (or .gz)")
     ing.add_argument(
         "--source",
         default="ingest",
@@ -336,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ing.add_argument(
         "--watermark",
-        type=_instant,
+        metavar=INSTANT,
         help="the file holds every event up to this instant (default: now)",
     )
     ing.add_argument("--strict", action="store_true", help="exit 1 if any line was rejected")
@@ -349,38 +481,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ing.set_defaults(func=cmd_ingest)
 
-    rp = sub.add_parser(
-        "replay", parents=[common], help="recompute every outcome from stored events"
-    )
-    rp.add_argument("--as-of", type=_instant, help="evaluate as of this instant (default: now)")
+    rp = command("replay", "recompute every outcome from stored events", when=True)
+    rp.add_argument("--as-of", metavar=INSTANT, help="evaluate as of this instant (default: now)")
     rp.add_argument(
         "--workers",
         type=int,
+        metavar="N",
         help="processes reading and evaluating contacts (default: one per CPU; 1: none)",
     )
     rp.set_defaults(func=cmd_replay)
 
-    rep = sub.add_parser("report", parents=[common], help="compliance per channel, queue, target")
-    rep.add_argument("--from", dest="from_", type=_instant, help="targets started at or after")
-    rep.add_argument("--to", dest="to_", type=_instant, help="targets started before")
-    rep.add_argument("--as-of", type=_instant, help="evaluate as of this instant (default: now)")
-    rep.add_argument("--format", choices=["text", "json"], default="text")
+    rep = command("report", "compliance per channel, queue and target", when=True)
+    rep.add_argument("--from", dest="from_", metavar=INSTANT, help="targets started at or after")
+    rep.add_argument(
+        "--since", metavar=INSTANT, help="the same as --from (e.g. --since 7d: the last week)"
+    )
+    rep.add_argument("--to", dest="to_", metavar=INSTANT, help="targets started before")
+    rep.add_argument("--as-of", metavar=INSTANT, help="evaluate as of this instant (default: now)")
+    rep.add_argument(
+        "--format", choices=["text", "json"], default="text", help="output (default: text)"
+    )
     rep.set_defaults(func=cmd_report)
 
-    ex = sub.add_parser("explain", parents=[common], help="one contact's timeline and targets")
-    ex.add_argument("contact", help="SOURCE:CONVERSATION_ID")
-    ex.add_argument("--as-of", type=_instant)
-    ex.add_argument("--format", choices=["text", "json"], default="text")
+    ex = command("explain", "one contact's timeline and targets", when=True)
+    ex.add_argument("contact", metavar="CONTACT", help="SOURCE:CONVERSATION_ID (e.g. demo:1234)")
+    ex.add_argument("--as-of", metavar=INSTANT, help="explain as of this instant (default: now)")
+    ex.add_argument(
+        "--format", choices=["text", "json"], default="text", help="output (default: text)"
+    )
     ex.set_defaults(func=cmd_explain)
 
-    arc = sub.add_parser(
-        "archive",
-        parents=[common],
-        help="move contacts quiet before a date to a gzip file; counters unchanged",
+    arc = command(
+        "archive", "move contacts quiet before a date to a gzip file; counters unchanged", True
     )
     arc.add_argument(
         "--before",
-        type=_instant,
+        metavar=INSTANT,
         required=True,
         help="archive contacts with no event at or after this instant",
     )
@@ -395,13 +531,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     arc.set_defaults(func=cmd_archive)
 
-    due = sub.add_parser("due", parents=[common], help="calendar arithmetic")
+    due = command("due", "calendar arithmetic: deadlines and business time", when=True)
     due.add_argument(
-        "--calendar", required=True, help="a calendar from the config, or 'calendar' for 24x7 time"
+        "--calendar",
+        metavar="NAME",
+        required=True,
+        help="a calendar from the config, or 'calendar' for 24x7 time",
     )
-    due.add_argument("--from", dest="from_", type=_instant, required=True)
-    due.add_argument("--after", type=_duration, help="deadline: this much open time after --from")
-    due.add_argument("--to", type=_instant, help="open time between --from and --to")
+    due.add_argument("--from", dest="from_", metavar=INSTANT, required=True, help="the start")
+    due.add_argument(
+        "--after",
+        type=_duration,
+        metavar="DURATION",
+        help="deadline: this much open time after --from (e.g. 4h, 1h30m)",
+    )
+    due.add_argument("--to", metavar=INSTANT, help="open time between --from and --to")
     due.add_argument(
         "--format",
         choices=["iso", "seconds"],
@@ -414,36 +558,85 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter()
+        if args.log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    logging.basicConfig(level=getattr(logging, args.log_level), handlers=[handler])
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin otherwise
     for chatty in ("httpx", "httpcore"):  # a line per request (every Alertmanager re-send)
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.root.level))
+    debug = args.log_level == "DEBUG"
     try:
+        _instants(args)
         return int(args.func(args))
     except ConfigError as exc:
         print("config error:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
         return 2
-    except UsageError as exc:
+    except (UsageError, WebConfigError) as exc:
         print(f"sla-monitor {args.command}: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        from sla_monitor.service_layer.monitor import store_unreachable
-
-        if not store_unreachable(exc):
-            raise
-        log.debug("database unavailable", exc_info=True)
-        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
-        print(
-            f"sla-monitor {args.command}: database unavailable: {reason} "
-            "(check `database` in the config or --db; --log-level debug for details)",
-            file=sys.stderr,
-        )
+    except BrokenPipeError:
+        # the reader went away (`explain … | head`): stop quietly, as a Unix tool does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except KeyboardInterrupt:
+        print(f"sla-monitor {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"sla-monitor {args.command}: {_plain(exc)}", file=sys.stderr)
+        return 1
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for container log collectors (`--log-format json`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _plain(exc: BaseException) -> str:
+    """One line saying what went wrong, with a hint (the traceback with --log-level debug;
+    never SQL parameters or URLs with passwords: only the driver's first line)."""
+    from sla_monitor.service_layer.monitor import store_unreachable
+
+    if store_unreachable(exc):
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        return (
+            f"database unavailable: {reason} (check `database` in the config or --db; "
+            "--log-level debug for details)"
+        )
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen: {exc.strerror} — is another sla-monitor (or another program) "
+            "serving that port? Choose another with --listen HOST:PORT or `listen:` in the "
+            "config"
+        )
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"permission denied{where}: {exc.strerror} (--log-level debug for details)"
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or exc}{where} (--log-level debug for details)"
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return (
+        f"unexpected error: {type(exc).__name__}: {first} (run again with --log-level debug "
+        "for the traceback, and report it)"
+    )
 
 
 if __name__ == "__main__":

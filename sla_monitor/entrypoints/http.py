@@ -1,17 +1,77 @@
-"""/metrics, /healthz and /readyz on a small threaded HTTP server."""
+"""/metrics, /healthz and /readyz on a small, bounded HTTP server.
+
+/metrics is rendered by prometheus_client's own exposition: the OpenMetrics or the text
+format as the scraper's Accept header asks, gzip when its Accept-Encoding allows, and the
+`name[]` filter. The server holds at most MAX_CONNECTIONS connections at once (more are
+closed at once, not queued as threads) and drops a connection idle for TIMEOUT_SECONDS,
+so half-open connections cannot pile up threads and memory.
+"""
 
 from __future__ import annotations
 
+import gzip
 import logging
+import ssl
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 
 from sla_monitor.config import parse_listen
+from sla_monitor.entrypoints.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger(__name__)
+
+MAX_CONNECTIONS = 64
+TIMEOUT_SECONDS = 10.0
+
+
+class BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, up to `max_connections`; the rest are closed at once. With
+    a TLS context, each connection's handshake runs in its own thread (a slow or silent
+    client never holds up the others)."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: Any,
+        max_connections: int,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(address, handler)
+        self.slots = threading.BoundedSemaphore(max_connections)
+        self.refused = 0
+        if tls is not None:
+            self.socket = tls.wrap_socket(
+                self.socket, server_side=True, do_handshake_on_connect=False
+            )
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a failed handshake, a client that went away: theirs, not ours; no traceback
+        log.debug("connection from %s failed", client_address, exc_info=True)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 def serve(
@@ -20,35 +80,84 @@ def serve(
     registry: CollectorRegistry,
     healthy: Callable[[], bool],
     ready: Callable[[], tuple[bool, str]],
-) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-            elif path == "/healthz":
-                ok = healthy()
-                self._send(200 if ok else 503, b"ok\n" if ok else b"scheduler stopped\n")
-            elif path == "/readyz":
-                ok, why = ready()
-                self._send(200 if ok else 503, (why + "\n").encode())
-            elif path == "/":
-                self._send(200, b"sla-monitor: see /metrics, /healthz, /readyz\n")
-            else:
-                self._send(404, b"not found\n")
+    max_connections: int = MAX_CONNECTIONS,
+    idle_timeout: float = TIMEOUT_SECONDS,
+    web: WebConfig | None = None,
+) -> BoundedServer:
+    access = web or WebConfig()
 
-        def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: Prometheus reuses its connection
+        timeout = idle_timeout  # a connection idle this long is dropped
+
+        def setup(self) -> None:
+            super().setup()  # sets the timeout, which bounds the handshake too
+            if isinstance(self.connection, ssl.SSLSocket):
+                self.connection.do_handshake()
+
+        def do_GET(self) -> None:
+            self._respond(body=True)
+
+        def do_HEAD(self) -> None:
+            self._respond(body=False)
+
+        def _respond(self, body: bool) -> None:
+            url = urlsplit(self.path)
+            if url.path == "/metrics":
+                if not access.allows(self.headers.get("Authorization")):
+                    headers = {"WWW-Authenticate": 'Basic realm="sla-monitor"'}
+                    self._send(401, b"unauthorized\n", body, headers=headers)
+                    return
+                self._metrics(parse_qs(url.query), body)
+            elif url.path == "/healthz":
+                ok = healthy()
+                self._send(200 if ok else 503, b"ok\n" if ok else b"scheduler stopped\n", body)
+            elif url.path == "/readyz":
+                ok, why = ready()
+                self._send(200 if ok else 503, (why + "\n").encode(), body)
+            elif url.path == "/":
+                self._send(200, b"sla-monitor: see /metrics, /healthz, /readyz\n", body)
+            else:
+                self._send(404, b"not found\n", body)
+
+        def _metrics(self, params: dict[str, list[str]], body: bool) -> None:
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            names = params.get("name[]")
+            source = registry.restricted_registry(names) if names else registry
+            output = encoder(source)
+            headers = {}
+            if "gzip" in self.headers.get("Accept-Encoding", ""):
+                output = gzip.compress(output, compresslevel=6)
+                headers["Content-Encoding"] = "gzip"
+            self._send(200, output, body, content_type, headers)
+
+        def _send(
+            self,
+            code: int,
+            payload: bytes,
+            body: bool = True,
+            ctype: str = "text/plain; charset=utf-8",
+            headers: dict[str, str] | None = None,
+        ) -> None:
             self.send_response(code)
             self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(payload)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(body)
+            if body:
+                self.wfile.write(payload)
+
+        def handle_one_request(self) -> None:
+            try:
+                super().handle_one_request()
+            except ConnectionError:
+                self.close_connection = True  # the scraper went away: nothing to say
 
         def log_message(self, format: str, *args: object) -> None:
             pass  # scrapes every few seconds would drown the log
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+    server = BoundedServer((host, port), Handler, max_connections, access.tls)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server
 
@@ -56,15 +165,24 @@ def serve(
 class MetricsServer:
     """The runtime's endpoint (service_layer/runtime.py `Endpoint`) on `serve`."""
 
-    def __init__(self, registry: CollectorRegistry, listen: str) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, listen: str, web_config: str | None = None
+    ) -> None:
         self.registry = registry
         self.host, self.port = parse_listen(listen)
-        self.server: ThreadingHTTPServer | None = None
+        self.web = load_web_config(web_config) if web_config else WebConfig()
+        self.server: BoundedServer | None = None
 
     def start(self, healthy: Callable[[], bool], readiness: Callable[[], tuple[bool, str]]) -> None:
-        self.server = serve(self.host, self.port, self.registry, healthy, readiness)
+        self.server = serve(self.host, self.port, self.registry, healthy, readiness, web=self.web)
         self.port = self.server.server_port
-        log.info("serving /metrics, /healthz, /readyz on %s:%d", self.host, self.port)
+        log.info(
+            "serving /metrics, /healthz, /readyz on %s://%s:%d%s",
+            "https" if self.web.tls else "http",
+            self.host,
+            self.port,
+            " (basic auth on /metrics)" if self.web.users else "",
+        )
 
     def stop(self) -> None:
         if self.server is not None:

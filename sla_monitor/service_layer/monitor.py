@@ -151,6 +151,7 @@ class Monitor:
         self.clustered = False
         self.poll_chunk = POLL_CHUNK
         self.timer: Callable[[], float] = time.perf_counter  # how long a chunk held the lock
+        self.log_rejections = True  # a line per item set aside (`ingest` prints its own)
         self._waking = threading.Condition()  # wakes waiting for the lock (see wake)
         self._wakes_waiting = 0
         self.replica_id = ""
@@ -551,7 +552,8 @@ class Monitor:
             live.ingested[(e.source, e.kind.value)] += 1
         for r in fresh:  # each rejection logged and counted once, however often it is read
             live.rejected[(source, r.reason)] += 1
-            log.warning("rejected event from %s (%s): %s", source, r.reason, r.detail)
+            if self.log_rejections:
+                log.warning("rejected event from %s (%s): %s", source, r.reason, r.detail)
         if poll_result:
             live.polls[(source, poll_result)] += 1
 

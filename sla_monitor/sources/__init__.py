@@ -9,7 +9,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sla_monitor.sources.abc import Source, SourceContext, SourceFactory, SourceOptions
+from sla_monitor.sources.abc import (
+    Source,
+    SourceContext,
+    SourceFactory,
+    SourceOptions,
+    secrets_unreadable,
+)
 
 
 @dataclass(frozen=True)
@@ -43,9 +49,38 @@ def validate_source_config(
                 msg = "unknown option"
             elif err["type"] == "missing":
                 msg = "required option is missing"
+            elif err["type"] == "model_type" and "SecretRef" in msg:
+                msg = (
+                    "a secret is given as {env: VARIABLE} or {file: /path/to/file}, "
+                    "never written in the config"
+                )
+            elif err["type"] == "model_type":
+                msg = "should be a mapping of keys to values"
             out.append((("options", *err["loc"]), msg))
         return out
     return []
+
+
+def preflight_source(
+    kind: str, options: Mapping[str, Any]
+) -> list[tuple[tuple[int | str, ...], str]]:
+    """What `run` will need of one source and can be checked without side effects (its
+    secrets readable, its files there), after the options themselves are valid."""
+    problems = validate_source_config(kind, options)
+    if problems:
+        return problems
+    return REGISTRY[kind].options.model_validate(options).preflight()
+
+
+def secrets_of_source(
+    kind: str, options: Mapping[str, Any]
+) -> list[tuple[tuple[int | str, ...], str]]:
+    """Only the secrets (`run` refuses to start without them; a missing file is a source
+    that is down, reported as such, as it may appear later)."""
+    problems = validate_source_config(kind, options)
+    if problems:
+        return problems
+    return secrets_unreadable(REGISTRY[kind].options.model_validate(options))
 
 
 def build_source(context: SourceContext, kind: str, options: Mapping[str, Any]) -> Source:

@@ -29,7 +29,7 @@ from pydantic import Field
 
 from sla_monitor.domain.events import Event
 from sla_monitor.sources._watermark import WatermarkMode, completed_up_to
-from sla_monitor.sources.abc import PollResult, Rejected, SourceOptions
+from sla_monitor.sources.abc import PollResult, Rejected, SourceError, SourceOptions
 
 _HEAD = 64  # bytes that identify a file (and its rotated copy)
 _CHUNK = 1 << 16
@@ -269,6 +269,16 @@ class TailOptions(SourceOptions):
     watermark: WatermarkMode = "read_time"
     max_lines_per_poll: int = Field(50_000, gt=0)
     max_line_bytes: int = Field(MAX_LINE_BYTES, gt=0, description="longer lines are rejected")
+
+
+def missing_path(path: Path, cursor: str | None) -> SourceError | None:
+    """A configured path that does not exist and never did, as far as this source knows
+    (nothing read from it yet): a wrong path, reported as a failed poll (the source goes
+    down) instead of read as "nothing happened". A path that was read before and is gone
+    for a moment (a rename rotation) is not an error: the tail follows the old file."""
+    if path.exists() or (cursor and json.loads(cursor).get("files")):
+        return None
+    return SourceError(f"{path}: no such file or folder (check the source's options.path)")
 
 
 def tail_poll(

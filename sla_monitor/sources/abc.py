@@ -10,17 +10,48 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from sla_monitor.domain.events import Channel, Event, Rejected
+from sla_monitor.sources._secrets import SecretRef
+
+Problems = list[tuple[tuple[int | str, ...], str]]  # (key path under the source, message)
 
 
 class SourceOptions(BaseModel):
     """Base for each connector's `options:`; unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def preflight(self) -> Problems:
+        """What `run` will need and can be checked without side effects: every secret
+        readable (its value never shown). Connectors add their own (files, folders)."""
+        return secrets_unreadable(self, ("options",))
+
+
+def secrets_unreadable(model: BaseModel, at: tuple[int | str, ...] = ("options",)) -> Problems:
+    """Every secret in these options that cannot be read (named, never its value)."""
+    out: Problems = []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, SecretRef):
+            try:
+                value.read()
+            except ValueError as exc:
+                out.append(((*at, name), f"{exc} (a secret {name} is read from it)"))
+        elif isinstance(value, BaseModel):
+            out += secrets_unreadable(value, (*at, name))
+    return out
+
+
+def path_problem(path: str, key: str = "path") -> Problems:
+    """A configured file or folder that does not exist."""
+    if Path(path).exists():
+        return []
+    return [(("options", key), f"{path}: no such file or folder")]
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sla_monitor.domain.events import Channel, Event, EventKind, Status
-from sla_monitor.sources._tail import Line, TailOptions, tail_poll
-from sla_monitor.sources.abc import PollResult, Rejected, SourceContext
+from sla_monitor.sources._tail import Line, TailOptions, missing_path, tail_poll
+from sla_monitor.sources.abc import PollResult, Problems, Rejected, SourceContext, path_problem
 
 KINDS = {
     "ENTERQUEUE": EventKind.CALL_QUEUED,
@@ -36,6 +36,9 @@ KINDS = {
 
 class AsteriskOptions(TailOptions):
     path: str = "/var/log/asterisk/queue_log"
+
+    def preflight(self) -> Problems:
+        return [*super().preflight(), *path_problem(self.path)]
 
 
 def parse_queue_log_line(text: str, source: str, where: str) -> Event | Rejected | None:
@@ -77,6 +80,8 @@ class AsteriskQueueLogSource:
 
     def poll(self, cursor: str | None, now: datetime) -> PollResult:
         path = Path(self.options.path)
+        if (missing := missing_path(path, cursor)) is not None:
+            raise missing
         return tail_poll([path] if path.exists() else [], cursor, now, self.options, self._parse)
 
     def _parse(self, line: Line) -> Event | Rejected | None:

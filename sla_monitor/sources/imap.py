@@ -46,11 +46,13 @@ from sla_monitor.sources._secrets import SecretRef
 from sla_monitor.sources.abc import (
     AuthFailed,
     PollResult,
+    Problems,
     Rejected,
     Skipped,
     SourceContext,
     SourceError,
     SourceOptions,
+    path_problem,
 )
 from sla_monitor.sources.mailclass import classify
 
@@ -80,6 +82,10 @@ class ImapOptions(SourceOptions):
     queue: str = "email"
     max_messages_per_poll: int = Field(500, gt=0)
     timeout: float = 30.0
+
+    def preflight(self) -> Problems:
+        ca = path_problem(self.ca_file, "ca_file") if self.ca_file else []
+        return [*super().preflight(), *ca]
 
 
 def normalize_subject(subject: str) -> str:

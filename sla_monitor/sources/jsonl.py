@@ -14,13 +14,16 @@ from typing import IO, Any, cast
 from pydantic import Field
 
 from sla_monitor.domain.events import FIELD_LIMITS, Event, EventError, event_from_dict
-from sla_monitor.sources._tail import Line, TailOptions, tail_poll
-from sla_monitor.sources.abc import PollResult, Rejected, SourceContext
+from sla_monitor.sources._tail import Line, TailOptions, missing_path, tail_poll
+from sla_monitor.sources.abc import PollResult, Problems, Rejected, SourceContext, path_problem
 
 
 class JsonlOptions(TailOptions):
     path: str = Field(description="a .jsonl file, or a folder of them")
     pattern: str = "*.jsonl"
+
+    def preflight(self) -> Problems:
+        return [*super().preflight(), *path_problem(self.path)]
 
 
 def parse_line(
@@ -61,6 +64,8 @@ class JsonlSource:
         return [root] if root.exists() else []
 
     def poll(self, cursor: str | None, now: datetime) -> PollResult:
+        if (missing := missing_path(Path(self.options.path), cursor)) is not None:
+            raise missing
         return tail_poll(self._paths(), cursor, now, self.options, self._parse)
 
     def _parse(self, line: Line) -> Event | Rejected:

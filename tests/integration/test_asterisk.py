@@ -128,3 +128,26 @@ def test_service_level_for_a_day_of_calls(tmp_path: Path, shipped_config: Config
     expected = answered_in_time / (answered_in_time + answered_late + abandoned_late)
     assert r["service_level"][0]["value"] == round(expected, 4)
     db.close()
+
+
+def test_a_wrong_path_is_a_failed_poll_not_silence(tmp_path: Path, shipped_config: Config) -> None:
+    """A queue_log path that does not exist reads as "no calls" unless it is reported: the
+    poll fails (the source goes down, its watermark stays); the same for a jsonl path."""
+    import pytest
+
+    from sla_monitor.sources.abc import SourceError
+    from sla_monitor.sources.jsonl import JsonlOptions, JsonlSource
+
+    wrong = tmp_path / "asterisk" / "queue_log"
+    with pytest.raises(SourceError, match="no such file or folder"):
+        source(wrong).poll(None, DAY)
+    jsonl = JsonlSource(SourceContext("files", None, ()), JsonlOptions(path=str(tmp_path / "x")))
+    with pytest.raises(SourceError, match="no such file or folder"):
+        jsonl.poll(None, DAY)
+    # once read, a file gone for a moment (a rename rotation) is not an error
+    wrong.parent.mkdir()
+    wrong.write_text(call("1.1", EPOCH, 8, "CONNECT"))
+    first = source(wrong).poll(None, DAY + timedelta(days=1))
+    assert len(first.events) == 3
+    wrong.rename(tmp_path / "asterisk" / "queue_log.1")
+    assert source(wrong).poll(first.cursor, DAY + timedelta(days=1)).events == []

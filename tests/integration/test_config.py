@@ -108,3 +108,45 @@ def test_secret_database_url_comes_from_env(
     monkeypatch.delenv("TEST_SLA_DB")
     with pytest.raises(ConfigError, match="TEST_SLA_DB is not set"):
         _ = cfg.database_url
+
+
+def test_a_key_given_twice_is_an_error_not_a_silent_override(tmp_path: Path) -> None:
+    text = GOOD.replace("listen: 0.0.0.0:9799", "listen: 0.0.0.0:9799\nlisten: 127.0.0.1:1", 1)
+    line = next(i for i, s in enumerate(text.splitlines(), 1) if s.startswith("listen: 127"))
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, text), validate_source_config)
+    assert f"broken.yaml:{line}: listen: duplicate key (also on line {line - 1}" in str(exc.value)
+
+
+@pytest.mark.parametrize("warn", ["1h", "2h", "100%"])
+def test_a_warning_point_at_or_before_the_start_is_an_error(tmp_path: Path, warn: str) -> None:
+    old = "first_reply: {within: 1h, warn_before: 15m}"
+    assert old in GOOD
+    text = GOOD.replace(old, f"first_reply: {{within: 1h, warn_before: {warn}}}")
+    with pytest.raises(ConfigError, match=r"first_reply\.warn_before: .* is not shorter than"):
+        load_config(write(tmp_path, text), validate_source_config)
+
+
+def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
+    """A policy error does not hide a source's: the operator fixes everything in one go."""
+    text = GOOD.replace(
+        "first_reply: {within: 1h, warn_before: 15m}", "first_reply: {within: soon}"
+    ).replace("seed: 42", "seed: 42\n      sped: 60")
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, text), validate_source_config)
+    problems = exc.value.problems
+    assert any("targets.first_reply.within" in p for p in problems), problems
+    assert any("sources[0].options.sped: unknown option" in p for p in problems), problems
+
+
+def test_a_secret_written_in_clear_gets_plain_words(tmp_path: Path) -> None:
+    problems = validate_source_config(
+        "zendesk", {"subdomain": "acme", "email": "a@acme.example", "token": "abc123"}
+    )
+    assert problems == [
+        (
+            ("options", "token"),
+            "a secret is given as {env: VARIABLE} or {file: /path/to/file}, never written "
+            "in the config",
+        )
+    ]

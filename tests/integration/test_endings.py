@@ -41,6 +41,7 @@ def config(tmp: Path) -> Path:
         + "\nsources:\n  - name: desk\n    kind: jsonl\n    channel: chat\n    queues: [sales]\n"
         + f"    options: {{path: {tmp / 'none.jsonl'}}}\n"
     )
+    (tmp / "none.jsonl").touch()  # check-config finds a missing file (issue 15)
     path = tmp / "sla.yaml"
     path.write_text(text)
     return path
