@@ -5,19 +5,36 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+SUM     = $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP   = $(VENV)/.installed-test-$(SUM)
+RUN_STAMP = $(VENV)/.installed-run-$(SUM)
 
-.PHONY: run test test-unit test-faults lint system-deps bench bench-quick clean
+.PHONY: run test test-unit test-faults lint system-deps bench bench-quick lock clean
+
+# `make run` installs only what running needs; the test tools come with `make test`
+$(RUN_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	rm -f $(VENV)/.installed-*
-	touch $@
+	touch $@ $(RUN_STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/sla-monitor run $(ARGS)
+
+# requirements.lock: the exact versions and hashes the container installs (Dockerfile);
+# regenerate after changing dependencies in pyproject.toml
+lock:
+	$(PYTHON) -m venv $(VENV)-lock
+	$(VENV)-lock/bin/pip install --quiet pip-tools
+	$(VENV)-lock/bin/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url \
+	  --no-emit-find-links --extra postgres --output-file requirements.lock pyproject.toml
 
 # Servers the tests run for real (Debian packages): PostgreSQL for the store, Dovecot for
 # IMAP, Prometheus (+ promtool) and Alertmanager (+ amtool) for rules, alerts and dashboards.
@@ -58,4 +75,4 @@ bench-quick: system-deps $(STAMP)
 	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis sla-monitor.db*
+	rm -rf $(VENV) $(VENV)-lock .mypy_cache .ruff_cache .pytest_cache .hypothesis sla-monitor.db*

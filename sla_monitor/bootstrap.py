@@ -10,6 +10,7 @@ import os
 import socket
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
@@ -55,6 +56,7 @@ def build_app(
             alerting.resend_interval.total_seconds(),
             alerting.timeout.total_seconds(),
             severities=config.policy.severities,
+            client_options=alerting.client_options(Path(config.path).parent),
         )
     # in a cluster, the leader creates its pager when it takes over
     alerts = make_pager() if make_pager and not cluster.enabled else None

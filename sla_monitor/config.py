@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -28,6 +29,7 @@ from sla_monitor.domain.calendar import (
 from sla_monitor.domain.events import Channel, EventKind, Status
 from sla_monitor.domain.policy import Match, Policy, Rule, TargetName, TargetSpec
 from sla_monitor.domain.timeutil import format_duration, parse_duration
+from sla_monitor.secrets import SecretRef
 
 DEFAULT_LISTEN = "0.0.0.0:9799"
 DEFAULT_DATABASE = "sqlite:///sla-monitor.db"
@@ -268,10 +270,61 @@ class SourceConfig(_Model):
         return _duration(v)
 
 
+class BasicAuthConfig(_Model):
+    username: str
+    password: SecretRef
+
+
+class TlsClientConfig(_Model):
+    ca_file: str | None = None  # to trust a private CA
+    cert_file: str | None = None  # a client certificate (with key_file)
+    key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsClientConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give cert_file and key_file together")
+        return self
+
+
 class AlertingConfig(_Model):
     alertmanager_urls: list[str] = []  # every one gets every alert (an HA pair: list both)
     resend_interval: timedelta = timedelta(minutes=1)  # keep below resolve_timeout (5m)
     timeout: timedelta = timedelta(seconds=10)
+    # credentials for every Alertmanager (secrets from env or file, never in the config)
+    basic_auth: BasicAuthConfig | None = None
+    bearer_token: SecretRef | None = None
+    tls: TlsClientConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> AlertingConfig:
+        if self.basic_auth is not None and self.bearer_token is not None:
+            raise ValueError("give basic_auth or bearer_token, not both")
+        return self
+
+    def client_options(self, base: Path) -> dict[str, Any]:
+        """httpx.Client options for these credentials (files relative to `base`); reads
+        the secrets (ValueError naming a missing one, never its value)."""
+        options: dict[str, Any] = {}
+        if self.basic_auth is not None:
+            options["auth"] = (self.basic_auth.username, self.basic_auth.password.read())
+        if self.bearer_token is not None:
+            options["headers"] = {"Authorization": f"Bearer {self.bearer_token.read()}"}
+        if self.tls is not None:
+            context = ssl.create_default_context(
+                cafile=str(base / self.tls.ca_file) if self.tls.ca_file else None
+            )
+            if self.tls.cert_file and self.tls.key_file:
+                context.load_cert_chain(base / self.tls.cert_file, base / self.tls.key_file)
+            options["verify"] = context
+        return options
+
+    def files(self) -> dict[str, str]:
+        """Files these credentials read, by key path under `alerting`."""
+        tls = self.tls or TlsClientConfig()
+        named = {"tls.ca_file": tls.ca_file, "tls.cert_file": tls.cert_file}
+        named["tls.key_file"] = tls.key_file
+        return {k: v for k, v in named.items() if v}
 
     @field_validator("resend_interval", "timeout", mode="before")
     @classmethod
@@ -371,6 +424,22 @@ class Config:
                 where = ("sources", i, *tail)
                 line = _node_line(root, where)
                 out.append(f"{self.path}:{line}: {_path(where)}: {msg}")
+        alerting = self.settings.alerting
+        here = Path(self.path).parent
+        for key, name in alerting.files().items():
+            if not (here / name).is_file():
+                where = ("alerting", *key.split("."))
+                out.append(
+                    f"{self.path}:{_node_line(root, where)}: alerting.{key}: {name}: no such file"
+                )
+        secrets = {"basic_auth.password": alerting.basic_auth and alerting.basic_auth.password}
+        secrets["bearer_token"] = alerting.bearer_token
+        for key, ref in secrets.items():
+            try:
+                _ = ref.read() if ref else None
+            except ValueError as exc:
+                where = ("alerting", *key.split("."))
+                out.append(f"{self.path}:{_node_line(root, where)}: alerting.{key}: {exc}")
         try:
             _ = self.database_url if database else None
         except ConfigError as exc:

@@ -24,6 +24,8 @@ def _need(binary: str, package: str) -> str:
 
 
 class Process:
+    auth: tuple[str, str] | None = None  # basic auth the server asks for (its web config)
+
     def __init__(self, name: str) -> None:
         self.name = name
         self.tmp = Path(tempfile.mkdtemp(prefix=f"sla-{name}-"))
@@ -39,7 +41,8 @@ class Process:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited:\n{self.log.read_text()[-3000:]}")
             try:
-                if httpx.get(self.url + "/-/ready", timeout=1).status_code == 200:
+                ready = httpx.get(self.url + "/-/ready", timeout=1, auth=self.auth)
+                if ready.status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -61,13 +64,18 @@ class Process:
 
 
 class Alertmanager(Process):
-    def __init__(self, config: str) -> None:
+    def __init__(self, config: str, web_config: str | None = None) -> None:
         super().__init__("alertmanager")
         self.binary = _need("prometheus-alertmanager", "prometheus-alertmanager")
         self.config = self.tmp / "alertmanager.yml"
         self.config.write_text(config)
+        self.web_config = None
+        if web_config is not None:  # exporter-toolkit's web config: TLS, basic auth
+            self.web_config = self.tmp / "web.yml"
+            self.web_config.write_text(web_config)
 
     def start(self) -> None:
+        web = [f"--web.config.file={self.web_config}"] if self.web_config else []
         self._spawn(
             [
                 self.binary,
@@ -76,11 +84,12 @@ class Alertmanager(Process):
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--cluster.listen-address=",
                 "--log.level=warn",
+                *web,
             ]
         )
 
     def alerts(self, **filters: str) -> list[dict]:  # type: ignore[type-arg]
-        resp = httpx.get(self.url + "/api/v2/alerts", params=filters, timeout=5)
+        resp = httpx.get(self.url + "/api/v2/alerts", params=filters, timeout=5, auth=self.auth)
         resp.raise_for_status()
         return list(resp.json())
 

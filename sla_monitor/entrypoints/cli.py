@@ -57,6 +57,7 @@ def _instants(args: argparse.Namespace) -> None:
         tz: tzinfo = ZoneInfo(args.tz) if args.tz not in ("UTC", "Z") else UTC
     except (ZoneInfoNotFoundError, ValueError):
         raise UsageError(f"--tz {args.tz!r}: not an IANA time zone (e.g. Europe/Berlin)") from None
+    args.zone = tz  # text output shows instants in it too
     now = datetime.now(UTC).replace(microsecond=0)
     if getattr(args, "since", None) is not None:
         if getattr(args, "from_", None) is not None:
@@ -79,18 +80,28 @@ def _duration(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _progress(label: str) -> Any:
+def _progress(label: str, total_events: int | None = None) -> Any:
+    """A progress line on stderr (about once a second: the callers throttle): share done
+    and time left where the total is known, and the rate."""
     start = time.monotonic()
 
     def show(done: int, events: int) -> None:
-        rate = events / max(time.monotonic() - start, 1e-9)
+        took = time.monotonic() - start
+        rate = events / max(took, 1e-9)
+        where = render.progress(events, total_events, took) + " — " if total_events else ""
         print(
-            f"{label}: {done} contacts, {events} events ({rate:,.0f} events/s)",
+            f"{label}: {where}{done:,} contacts, {events:,} events ({rate:,.0f} events/s)",
             file=sys.stderr,
             flush=True,
         )
 
     return show
+
+
+def _stored_events(store: Store) -> int | None:
+    """About how many events are stored (for progress): counted as they were stored."""
+    with store.read() as tx:
+        return sum(n for _labels, n in tx.counters.ingested()) or None
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -194,12 +205,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     settle_heap()  # as `run` does: what was loaded stays, the collector runs less often
     watermark = args.watermark or datetime.now(UTC)
     lines = EventFile(path, args.source, args.max_line_bytes)
-    last = time.monotonic()
+    started = last = time.monotonic()
 
     def progress(summary: ImportSummary, _items: int) -> None:
         nonlocal last
         if time.monotonic() - last >= 1.0:
-            print(render.ingest_progress(lines.lines, summary), file=sys.stderr, flush=True)
+            took = time.monotonic() - started
+            line = render.ingest_progress(lines.lines, summary, lines.position, lines.size, took)
+            print(line, file=sys.stderr, flush=True)
             last = time.monotonic()
 
     def rejected(item: Rejected) -> None:
@@ -219,14 +232,26 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from sla_monitor.service_layer.recompute import replay
+    from sla_monitor.service_layer.runtime import HEARTBEAT_SECONDS, holders_of
 
     config = load_config(args.config, validate_source_config)
     store = _store(config, args)
+    # replay rewrites every contact: under a running monitor, both would write the same
+    # records (and the monitor's memory would no longer match the store)
+    within = max(3 * HEARTBEAT_SECONDS, config.settings.cluster.lease_ttl.total_seconds())
+    if running := holders_of(store, datetime.now(UTC), within):
+        store.close()
+        raise UsageError(
+            f"a monitor is running on this database ({', '.join(running)}): stop it first, "
+            "replay, then start it again (one stopped without saying so is forgotten "
+            f"{within:.0f} s after its last sign of life)"
+        )
     as_of = args.as_of or datetime.now(UTC)
     started = time.monotonic()
     if args.workers is not None and args.workers < 1:
         raise UsageError("--workers must be at least 1")
-    summary = replay(store, config, as_of, _progress("replay"), args.workers)
+    total = _stored_events(store)
+    summary = replay(store, config, as_of, _progress("replay", total), args.workers)
     print(render.replayed(summary, as_of, time.monotonic() - started))
     store.close()
     return 0
@@ -252,7 +277,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(result, indent=2))
     else:
-        print(render.report(result))
+        print(render.report(result, args.zone))
     return 0
 
 
@@ -278,7 +303,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(result, indent=2))
         return 0
-    print(render.explanation(result))
+    print(render.explanation(result, args.zone))
     return 0
 
 
@@ -399,7 +424,8 @@ def _options(suppress: bool) -> argparse.ArgumentParser:
         "--tz",
         metavar="ZONE",
         default=default("UTC"),
-        help="IANA time zone of dates and times given without an offset (default: UTC)",
+        help="IANA time zone of dates and times given without an offset, and of the times "
+        "text output shows (default: UTC; JSON is always UTC)",
     )
     return common
 
@@ -439,7 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen",
         type=_listen,
         metavar="HOST:PORT",
-        help="where to serve /metrics, /healthz, /readyz (default: the config's listen)",
+        default=os.environ.get("SLA_MONITOR_LISTEN") or None,
+        help="where to serve /metrics, /healthz, /readyz (default: $SLA_MONITOR_LISTEN, "
+        "else the config's listen)",
     )
     run.add_argument(
         "--web-config",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,35 @@ from sla_monitor.service_layer.recompute import ReplaySummary
 _NOT_ADVANCED = "watermark not advanced (file cut short)"
 
 
-def ingest_progress(lines: int, s: ImportSummary) -> str:
-    return f"ingest: {lines} lines, {s.new} new events, {s.set_aside} set aside"
+def when(text: str | None, tz: tzinfo = UTC) -> str:
+    """An instant for people: local time in `tz`, to the second, with the zone's name
+    ('2026-11-24 10:00:05 CET'); JSON output stays ISO-8601 UTC."""
+    if not text:
+        return "-"
+    return parse_instant(text).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def took(seconds: float) -> str:
+    """A duration for people, to the second ('1h4m8s')."""
+    return format_duration(timedelta(seconds=round(seconds)))
+
+
+def progress(done: float, total: float | None, seconds: float) -> str:
+    """How far, and how long is left at the rate so far: '42%, about 2m45s left'."""
+    if not total or seconds <= 0 or done <= 0:
+        return "starting" if done <= 0 else "going"
+    share = min(done / total, 1.0)
+    left = seconds * (1 - share) / share
+    return f"{share:.0%}, about {format_duration(timedelta(seconds=round(left)))} left"
+
+
+def ingest_progress(
+    lines: int, s: ImportSummary, position: int = 0, size: int = 0, seconds: float = 0.0
+) -> str:
+    return (
+        f"ingest: {progress(position, size, seconds)} — {lines:,} lines, {s.new:,} new "
+        f"events, {s.set_aside:,} set aside"
+    )
 
 
 def ingested(path: Path, lines: int, s: ImportSummary, watermark: datetime | None) -> str:
@@ -46,10 +73,11 @@ def replayed(s: ReplaySummary, as_of: datetime, seconds: float) -> str:
     )
 
 
-def report(r: dict[str, Any]) -> str:
-    """A compliance report (`report --format text`)."""
-    period = f"{r['from'] or 'start'} .. {r['to'] or 'end'}"
-    lines = [f"Compliance report, {period}, as of {r['as_of']}", ""]
+def report(r: dict[str, Any], tz: tzinfo = UTC) -> str:
+    """A compliance report (`report --format text`), instants in `tz`."""
+    start = when(r["from"], tz) if r["from"] else "start"
+    period = f"{start} .. {when(r['to'], tz) if r['to'] else 'end'}"
+    lines = [f"Compliance report, {period}, as of {when(r['as_of'], tz)}", ""]
     head = (
         "channel",
         "queue",
@@ -104,7 +132,7 @@ def report(r: dict[str, Any]) -> str:
         lines += [
             "",
             "Archived: contacts of "
-            + ", ".join(f"{src} quiet before {when}" for src, when in archived.items())
+            + ", ".join(f"{src} quiet before {when(at, tz)}" for src, at in archived.items())
             + " were moved out by `sla-monitor archive` and are not counted here; ingest the "
             "archive files into a separate database to report on that period.",
         ]
@@ -116,8 +144,8 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def explanation(result: dict[str, Any]) -> str:
-    """One contact's timeline and targets (`explain --format text`)."""
+def explanation(result: dict[str, Any], tz: tzinfo = UTC) -> str:
+    """One contact's timeline and targets (`explain --format text`), instants in `tz`."""
     out: list[str] = []
     out.append(
         f"Contact {result['contact']}  ({result['channel']}, queue {result['queue']}, "
@@ -129,24 +157,29 @@ def explanation(result: dict[str, Any]) -> str:
     )
     read = result["source_watermark"]
     out.append(
-        f"As of {result['as_of']}; "
-        + (f"source read completely up to {read}" if read else "source never read completely")
+        f"As of {when(result['as_of'], tz)}; "
+        + (
+            f"source read completely up to {when(read, tz)}"
+            if read
+            else "source never read completely"
+        )
     )
     out += ["", "Timeline:"]
     for e in result["events"]:
         extra = e.get("status") or e.get("priority") or e.get("reason") or ""
-        out.append(f"  {e['occurred_at']}  {e['kind']:<18} {extra}")
+        out.append(f"  {when(e['occurred_at'], tz)}  {e['kind']:<18} {extra}")
     out += ["", "Targets:"]
     for t in result["targets"]:
         resp = (
-            f", answered after {format_duration(timedelta(seconds=t['response_seconds']))}"
+            f", answered after {took(t['response_seconds'])}"
             if t["response_seconds"] is not None
             else ""
         )
         out.append(
             f"  {t['target']}#{t['seq']}: {t['state'].upper()}  within "
             f"{format_duration(timedelta(seconds=t['within']))} ({t['clock']} clock), started "
-            f"{t['started_at']}, deadline {t['deadline'] or 'moving (paused)'}{resp}"
+            f"{when(t['started_at'], tz)}, deadline "
+            f"{when(t['deadline'], tz) if t['deadline'] else 'moving (paused)'}{resp}"
         )
         if t.get("recomputed_outcome"):
             out.append(

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from prometheus_client.core import HistogramMetricFamily, Metric
@@ -110,6 +111,22 @@ def _human(d: timedelta) -> str:
     return format_duration(timedelta(seconds=round(max(d.total_seconds(), 0.0))))
 
 
+def _without_credentials(url: str) -> str:
+    """The URL as it may be shown: no user or password (those belong in alerting.basic_auth,
+    but a URL with them still works and must never reach a log line)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
+def _scrub(text: str, url: str) -> str:
+    """Text that may quote the URL or its password, with them taken out."""
+    password = urlsplit(url).password
+    text = text.replace(url, _without_credentials(url))
+    return text.replace(password, "***") if password else text
+
+
 class AlertmanagerPublisher:
     def __init__(
         self,
@@ -121,6 +138,7 @@ class AlertmanagerPublisher:
         transport: httpx.BaseTransport | None = None,
         severities: Callable[[str | None, str], tuple[str, str]] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        client_options: dict[str, Any] | None = None,
     ) -> None:
         self.urls = [u.rstrip("/") for u in urls]
         self.clock = clock
@@ -128,11 +146,9 @@ class AlertmanagerPublisher:
         self.resend_interval = resend_interval
         # (rule, target) -> (lapse, at-risk) severity, for targets re-read from the store
         self.severities = severities or _default_severities
-        self.client = httpx.Client(
-            timeout=timeout,
-            transport=transport,
-            headers={"User-Agent": f"sla-monitor/{__version__}"},
-        )
+        options = dict(client_options or {})  # credentials, TLS (config: alerting)
+        headers = {"User-Agent": f"sla-monitor/{__version__}", **options.pop("headers", {})}
+        self.client = httpx.Client(timeout=timeout, transport=transport, headers=headers, **options)
         self.active: dict[AlertKey, AlertFacts] = {}
         # sla_alert_delivery_seconds: from hand-over (after the commit) to the first
         # Alertmanager's acceptance, per page
@@ -317,23 +333,38 @@ class AlertmanagerPublisher:
         batch = firing + list(resolved.values())
         if not batch:
             return True
+        shown = _without_credentials(url)
         try:
             resp = self.client.post(f"{url}/api/v2/alerts", json=batch)
             ok = resp.status_code == 200
-            if not ok:
+            if not ok and self.delivered_ok[url]:  # once, until it takes them again
+                hint = (
+                    " (check alerting.basic_auth / bearer_token)"
+                    if resp.status_code
+                    in (
+                        401,
+                        403,
+                    )
+                    else ""
+                )
                 log.warning(
-                    "alertmanager %s refused %d alerts: %d %s",
-                    url,
+                    "alertmanager %s refused %d alerts: %d %s%s; kept and re-sent",
+                    shown,
                     len(batch),
                     resp.status_code,
-                    resp.text[:200],
+                    _scrub(resp.text[:200], url),
+                    hint,
                 )
         except httpx.HTTPError as exc:
             ok = False
             if self.delivered_ok[url]:
-                log.warning("alertmanager %s unreachable (%s); alerts kept and re-sent", url, exc)
+                log.warning(
+                    "alertmanager %s unreachable (%s); alerts kept and re-sent",
+                    shown,
+                    _scrub(str(exc), url),
+                )
         if ok and not self.delivered_ok[url]:
-            log.info("alertmanager %s reachable again; %d alerts delivered", url, len(batch))
+            log.info("alertmanager %s reachable again; %d alerts delivered", shown, len(batch))
         self.delivered_ok[url] = ok
         return ok
 

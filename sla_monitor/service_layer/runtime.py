@@ -32,6 +32,15 @@ MAX_BACKOFF = 300.0  # seconds; a failing source is retried at least this often
 AUTH_RETRY = 300.0
 
 
+HEARTBEAT_SECONDS = 5.0  # a running monitor says so this often (`replay` checks)
+
+
+def holders_of(store: Store, now: datetime, within: float) -> list[str]:
+    """The monitors (replicas) that said they hold this database in the last `within` s."""
+    with store.begin() as tx:
+        return tx.cluster.live_replicas(to_micros(now) - int(within * 1_000_000))
+
+
 # Collect the young generation every 50,000 net allocations, not every 700: evaluating a
 # poll allocates hundreds of thousands of short-lived objects, few in cycles, and the
 # collector's passes over them cost ingest a third of its time (docs/benchmarks.md)
@@ -362,6 +371,24 @@ class Runtime:
             )
         else:
             self.schedule_wake(self.monitor.next_wake())
+            # say that a monitor holds the database (`replay` refuses to run under it)
+            self.scheduler.add_job(
+                self._heartbeat,
+                "interval",
+                seconds=HEARTBEAT_SECONDS,
+                id="heartbeat",
+                max_instances=1,
+                coalesce=True,
+                next_run_time=datetime.now(UTC),
+            )
+
+    def _heartbeat(self, now_us: int | None = None) -> None:
+        try:
+            with self.store.begin() as tx:
+                now_us = now_us or to_micros(datetime.now(UTC))
+                tx.cluster.heartbeat(self.monitor.replica_id, now_us)
+        except Exception as exc:  # the monitor goes on; the outage is reported elsewhere
+            log.debug("heartbeat not stored (%s)", exc)
 
     def healthy(self) -> bool:
         return bool(self.scheduler.running)
@@ -382,6 +409,8 @@ class Runtime:
     def stop(self) -> None:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        if not self.clustered and self.monitor.ready:
+            self._heartbeat(now_us=1)  # gone: a `replay` may run at once
         if self.clustered:  # hand everything over at once, not after the ttl
             try:
                 with self.store.begin() as tx:

@@ -87,6 +87,8 @@ class EventFile:
         self.max_bytes = max_line_bytes
         self.lines = 0  # non-blank lines read whole and decoded
         self.problems: list[str] = []
+        self.size = path.stat().st_size if path.is_file() else 0  # bytes on disk
+        self.position = 0  # bytes of the file on disk read so far (for progress)
 
     def __iter__(self) -> Iterator[Event | Rejected]:
         path = self.path
@@ -117,8 +119,10 @@ class EventFile:
 
     def _raw_lines(self, fh: IO[bytes]) -> Iterator[bytes | None]:
         """The file's lines; None for one longer than the limit."""
+        on_disk = getattr(fh, "fileobj", None) or fh  # a gzip file's compressed stream
         try:
             while raw := fh.readline(self.max_bytes + 1):
+                self.position = on_disk.tell()
                 if len(raw) <= self.max_bytes or raw.endswith(b"\n"):
                     yield raw
                     continue

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -196,3 +197,31 @@ def test_check_config_finds_what_run_would_fail_on(tmp_path: Path) -> None:
     run = cli("run", "--config", str(config), "--db", f"sqlite:///{tmp_path}/r.db")
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert "SLA_TEST_ZD_TOKEN is not set" in run.stderr
+
+
+def test_replay_refuses_to_run_under_a_running_monitor(tmp_path: Path) -> None:
+    """Replay rewrites every contact: under a live monitor both would write the same
+    records (the monitor then failed on a UNIQUE constraint). It says so and waits."""
+    import httpx
+
+    from ..conftest import free_port
+    from .test_runtime import monitor_process, wait_for
+
+    port = free_port()
+    db = f"sqlite:///{tmp_path / 'sla.db'}"
+    with monitor_process(tmp_path, port) as proc:
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, 60, "the monitor to be ready")
+        refused = cli("replay", "--config", CFG, "--db", db)
+        assert refused.returncode == 2
+        one_line_error(refused, "a monitor is running on this database", "stop it first")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    done = cli("replay", "--config", CFG, "--db", db, "--workers", "1")
+    assert done.returncode == 0, done.stderr  # stopped cleanly: replay runs at once

@@ -90,12 +90,53 @@ def test_compose_file_is_complete() -> None:
     assert "http://alertmanager:9093" in services["sla-monitor"]["command"]
 
 
-def test_dockerfile_is_slim_non_root_and_health_checked() -> None:
+def test_dockerfile_is_slim_non_root_locked_and_health_checked() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert text.count("FROM ") == 2 and "-slim" in text
-    assert re.search(r"^USER (?!root)\w+", text, re.M)
-    assert "HEALTHCHECK" in text and "/healthz" in text
+    assert re.search(r"^USER [1-9]\d*:[1-9]\d*$", text, re.M)  # numeric: runAsNonRoot checks
+    assert "HEALTHCHECK" in text and "sla_monitor.entrypoints.healthcheck" in text
+    assert "--require-hashes" in text and "-r requirements.lock" in text
+    assert "SLA_MONITOR_LISTEN=" in text  # what `run` serves on is what the probe asks
     assert 'CMD ["run"]' in text
+
+
+def test_the_lock_pins_every_dependency_with_hashes() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["postgres"]]
+    lock = (ROOT / "requirements.lock").read_text()
+    pinned = dict(re.findall(r"^([a-z0-9][a-z0-9._-]*)==(\S+) \\$", lock, re.M))
+    for requirement in wanted:
+        name = re.split(r"[\[<>=!~ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+        assert name in pinned, f"{name} is not in requirements.lock: run `make lock`"
+    blocks = re.split(r"\n(?=[a-z0-9])", lock)
+    assert all("--hash=sha256:" in b for b in blocks if "==" in b)
+
+
+def test_the_container_healthcheck_asks_where_run_serves(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from prometheus_client import CollectorRegistry
+
+    from sla_monitor.entrypoints.http import serve
+
+    from ..conftest import free_port
+
+    def probe(listen: str) -> int:
+        env = {**os.environ, "SLA_MONITOR_LISTEN": listen}
+        cmd = [sys.executable, "-m", "sla_monitor.entrypoints.healthcheck"]
+        return subprocess.run(cmd, env=env, capture_output=True, timeout=30).returncode
+
+    server = serve("127.0.0.1", 0, CollectorRegistry(), lambda: True, lambda: (True, "ok"))
+    try:
+        assert probe(f"0.0.0.0:{server.server_port}") == 0
+        assert probe(f"0.0.0.0:{free_port()}") == 1  # nothing there: unhealthy
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_dashboards_match_their_generator() -> None:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from sla_monitor.domain.engine import evaluate_contact
 from sla_monitor.publishing.alertmanager import AlertmanagerPublisher
 from sla_monitor.service_layer.clock import SystemClock
@@ -332,3 +334,70 @@ def test_severity_per_target_decides_what_pages() -> None:
         pub.target_changed(result, t, None)
     assert pub.active == {}
     pub.client.close()
+
+
+def test_pages_reach_an_alertmanager_that_asks_for_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Credentials from the config (the password from an env var) reach an Alertmanager
+    behind basic auth; a wrong password is refused, said once, and never printed."""
+    import json as _json
+    import logging
+
+    import bcrypt
+
+    from sla_monitor.bootstrap import build_app
+    from sla_monitor.domain.timeutil import iso
+    from sla_monitor.entrypoints.http import MetricsServer
+
+    from ..conftest import SHIPPED_CONFIG, free_port
+
+    password = "am-Secret-42"
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    am = Alertmanager(AM_CONFIG, f"basic_auth_users:\n  sla: '{hashed}'\n")
+    am.auth = ("sla", password)
+    am.start()
+    try:
+        monkeypatch.setenv("SLA_TEST_AM_PASSWORD", password)
+        now = datetime.now(UTC)
+        events = tmp_path / "calls.jsonl"
+        call = {
+            "event_id": "q1",
+            "conversation_id": "call-5",
+            "kind": "call_queued",
+            "occurred_at": iso(now - timedelta(minutes=2)),
+            "channel": "phone",
+            "queue": "support-line",
+        }
+        events.write_text(_json.dumps(call) + "\n")
+        head, _sources = SHIPPED_CONFIG.read_text().split("\nsources:")
+        assert "\nalerting:" not in head
+        head += "\nalerting:\n  basic_auth: {username: sla, password: {env: SLA_TEST_AM_PASSWORD}}"
+        config = tmp_path / "c.yaml"
+        config.write_text(
+            head + f"\nsources:\n  - name: pbx\n    kind: jsonl\n    options: {{path: {events}}}\n"
+        )
+        app = build_app(
+            str(config),
+            f"sqlite:///{tmp_path / 'db.sqlite'}",
+            f"127.0.0.1:{free_port()}",
+            [am.url],
+            serve=MetricsServer,
+        )
+        app.start()
+        try:
+            wait_for(lambda: len(lapsed(am)) == 1)
+            assert lapsed(am)[0]["labels"]["contact"] == "pbx:call-5"
+        finally:
+            app.stop()
+        # the same Alertmanager, credentials in the URL, the wrong password
+        wrong = am.url.replace("http://", "http://sla:Wrong-Pw-77@")
+        publisher = AlertmanagerPublisher([wrong], SystemClock(), {})
+        with caplog.at_level(logging.WARNING, logger="sla_monitor.publishing.alertmanager"):
+            assert not publisher._post(wrong, [{"labels": {"alertname": "x"}}], {})
+            assert not publisher._post(wrong, [{"labels": {"alertname": "x"}}], {})
+        said = [r.getMessage() for r in caplog.records]
+        assert len(said) == 1 and "refused" in said[0] and "401" in said[0], said
+        assert "Wrong-Pw-77" not in caplog.text and "***@127.0.0.1" in said[0]
+    finally:
+        am.cleanup()

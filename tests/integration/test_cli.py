@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +222,12 @@ def test_explain_shows_why_a_target_breached(
         capsys, "ingest", str(DATA / "acceptance.jsonl"), *CFG, "--db", db, "--watermark", WATERMARK
     )
     text = run(capsys, "explain", "desk:B", *CFG, "--db", db)
-    assert "first_reply#0: BREACHED" in text and "2026-11-02T11:00:00Z" in text
+    assert "first_reply#0: BREACHED" in text and "2026-11-02 11:00:00 UTC" in text
+    local = run(capsys, "explain", "desk:B", *CFG, "--db", db, "--tz", "Europe/Berlin")
+    assert "2026-11-02 12:00:00 CET" in local  # text in --tz; JSON stays UTC ISO-8601
+    assert re.search(
+        r"answered after [\dhms]+(,|$)", run(capsys, "explain", "desk:A", *CFG, "--db", db), re.M
+    )
     data = json.loads(run(capsys, "explain", "pbx:G", *CFG, "--db", db, "--format", "json"))
     assert data["repeat_of"] == "desk:F"
     assert main(["explain", "desk:nope", *CFG, "--db", db]) == 1
