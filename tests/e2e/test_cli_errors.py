@@ -10,7 +10,9 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -225,3 +227,105 @@ def test_replay_refuses_to_run_under_a_running_monitor(tmp_path: Path) -> None:
         proc.wait(timeout=30)
     done = cli("replay", "--config", CFG, "--db", db, "--workers", "1")
     assert done.returncode == 0, done.stderr  # stopped cleanly: replay runs at once
+
+
+def test_no_secret_reaches_a_log_line_a_metric_or_an_error(tmp_path: Path) -> None:
+    """A run with known secrets everywhere they can be given (a helpdesk token, Alertmanager
+    basic auth and credentials in its URL, /metrics basic auth), logging at DEBUG, while
+    every one of those peers refuses or is away: its output, /metrics and `explain` and
+    `report` never show them."""
+    import os
+
+    import bcrypt
+    import httpx
+
+    from ..conftest import free_port
+
+    secrets = {
+        "SLA_TEST_ZD_TOKEN": "zd-Token-9f8e7d",
+        "SLA_TEST_AM_PASSWORD": "am-Pass-6c5b4a",
+    }
+    in_url = "url-Pass-3a2b1c"
+    scrape_password = "scrape-Pass-0z9y8x"
+    dead = free_port()  # nothing listens there
+    web = tmp_path / "web.yml"
+    hashed = bcrypt.hashpw(scrape_password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    web.write_text(f"basic_auth_users:\n  prom: '{hashed}'\n")
+    calls = tmp_path / "calls.jsonl"  # a call that lapsed: a page to send
+    queued = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+    calls.write_text(
+        json.dumps(
+            {
+                "event_id": "q1",
+                "conversation_id": "c1",
+                "kind": "call_queued",
+                "occurred_at": queued,
+                "channel": "phone",
+                "queue": "support-line",
+            }
+        )
+        + "\n"
+    )
+    config = with_sources(
+        tmp_path,
+        f"""\
+  - name: desk
+    kind: zendesk
+    interval: 1s
+    options:
+      base_url: http://127.0.0.1:{dead}
+      email: bot@acme.example
+      token: {{env: SLA_TEST_ZD_TOKEN}}
+  - name: pbx
+    kind: jsonl
+    options: {{path: {calls}}}
+""",
+    )
+    text = config.read_text().replace(
+        "\nsources:",
+        "\nweb_config_file: web.yml\nalerting:\n"
+        f"  alertmanager_urls: [http://sla:{in_url}@127.0.0.1:{dead}]\n"
+        "  basic_auth: {username: sla, password: {env: SLA_TEST_AM_PASSWORD}}\n"
+        "\nsources:",
+        1,
+    )
+    config.write_text(text)
+    port = free_port()
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    env = {**os.environ, **secrets}
+    cmd = [SCRIPT, "run", "--config", str(config), "--db", db, "--listen", f"127.0.0.1:{port}"]
+    proc = subprocess.Popen(
+        [*cmd, "--log-level", "debug"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen = ""
+    try:
+        deadline = time.monotonic() + 60
+        metrics = None
+        while time.monotonic() < deadline:  # until the failed polls are on /metrics
+            try:
+                got = httpx.get(
+                    f"http://127.0.0.1:{port}/metrics", auth=("prom", scrape_password), timeout=2
+                )
+                failed = 'sla_source_polls_total{result="error",source="desk"}' in got.text
+                if failed and "sla_alert_delivery" in got.text and "breached" in got.text:
+                    metrics = got.text
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        assert metrics is not None, "no failed poll on /metrics"
+        seen += metrics
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        seen += out
+    for command in (["report", "--since", "1d"], ["explain", "desk:1"]):
+        done = cli(*command, "--config", str(config), "--db", db, "--log-level", "debug")
+        seen += done.stdout + done.stderr
+    assert f"alertmanager http://***@127.0.0.1:{dead} unreachable" in seen  # it was said
+    for secret in [*secrets.values(), in_url, scrape_password, hashed]:
+        assert secret not in seen, f"a secret was shown: {secret[:4]}…"
