@@ -392,7 +392,7 @@ def monitor_health() -> Board:
         "timeseries",
         "Watermark lag",
         "How far behind now each source has been read completely.",
-        [("sla_source_watermark_lag_seconds", "{{source}}")],
+        [("time() - sla_source_watermark_timestamp_seconds", "{{source}}")],
         unit="s",
     )
     b.panel(

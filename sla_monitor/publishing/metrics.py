@@ -5,6 +5,7 @@ labels, and a scrape cost that does not grow with the number of open contacts)."
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from prometheus_client.core import (
@@ -18,6 +19,7 @@ from prometheus_client.registry import Collector
 from sla_monitor import __version__
 from sla_monitor.domain.engine import OPEN_STATES
 from sla_monitor.domain.events import Channel
+from sla_monitor.domain.timeutil import from_micros
 from sla_monitor.service_layer.monitor import Monitor
 
 OPEN_STATE_NAMES = [s.value for s in OPEN_STATES]
@@ -26,6 +28,11 @@ OPEN_STATE_NAMES = [s.value for s in OPEN_STATES]
 class MonitorCollector(Collector):
     def __init__(self, monitor: Monitor) -> None:
         self.monitor = monitor
+
+    def _real(self, at: datetime) -> float:
+        """An instant as a Unix timestamp on the wall clock Prometheus compares it with
+        (`time() - x`): the demo's faster clock is mapped back, so no wait reads negative."""
+        return self.monitor.clock.to_real(at).timestamp()
 
     def collect(self) -> Iterator[Metric]:
         snap = self.monitor.snapshot()
@@ -93,7 +100,7 @@ class MonitorCollector(Collector):
             labels=["channel", "queue", "target"],
         )
         for (ch, q, t), started_us in sorted(snap["oldest"].items()):
-            oldest.add_metric([ch, q, t], started_us / 1e6)
+            oldest.add_metric([ch, q, t], self._real(from_micros(started_us)))
         yield oldest
 
         unmatched = CounterMetricFamily(
@@ -130,26 +137,25 @@ class MonitorCollector(Collector):
             "When the last poll succeeded.",
             labels=["source"],
         )
-        lag = GaugeMetricFamily(
-            "sla_source_watermark_lag_seconds",
-            "How far behind now the source has been read completely.",
+        watermark = GaugeMetricFamily(
+            "sla_source_watermark_timestamp_seconds",
+            "Up to when the source has been read completely (its lag: time() minus this).",
             labels=["source"],
         )
         duration = GaugeMetricFamily(
             "sla_source_poll_duration_seconds", "Duration of the last poll.", labels=["source"]
         )
-        now = snap["now"]
         for name, h in sorted(snap["sources"].items()):
             if not h.configured:  # removed from the config, or a one-off `ingest`: no poller
                 continue
             up.add_metric([name], 1.0 if h.up else 0.0)
             if h.last_success is not None:
-                last.add_metric([name], h.last_success.timestamp())
+                last.add_metric([name], self._real(h.last_success))
             if h.watermark is not None:
-                lag.add_metric([name], max((now - h.watermark).total_seconds(), 0.0))
+                watermark.add_metric([name], self._real(h.watermark))
             if h.last_duration is not None:
                 duration.add_metric([name], h.last_duration)
-        yield from (up, last, lag, duration)
+        yield from (up, last, watermark, duration)
 
         polls = CounterMetricFamily(
             "sla_source_polls", "Polls by result.", labels=["source", "result"]

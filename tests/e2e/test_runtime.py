@@ -105,6 +105,16 @@ def test_quick_start_shows_every_metric_within_a_minute_and_survives_restart(
         assert httpx.get(base + "/healthz").status_code == 200
         wait_for(lambda: httpx.get(base + "/readyz").status_code == 200, 10, "/readyz")
         before = scrape(base + "/metrics")
+        # timestamps are on the wall clock, though the demo's runs 60x faster: a wait or
+        # a lag computed as time() - x on a dashboard is never negative
+        stamps = {k: v for k, v in before.items() if k[0].endswith("_timestamp_seconds")}
+        assert {k[0] for k in stamps} >= {
+            "sla_oldest_open_target_start_timestamp_seconds",
+            "sla_source_last_success_timestamp_seconds",
+            "sla_source_watermark_timestamp_seconds",
+        }
+        scraped_at = time.time()
+        assert all(v <= scraped_at for v in stamps.values()), stamps
         # series are complete: a zero for every configured target of every queue seen
         assert (
             "sla_open_targets",
