@@ -762,7 +762,9 @@ def live_bytes(targets: int, left_open: int) -> tuple[int, int]:
     live = LiveState(DEFAULT_BUCKETS)
     for i in range(targets):
         key = (sys.intern("desk"), f"c{i}", sys.intern("first_reply"), 0)
-        live.set_open(key, OpenTarget.of("email", f"q{i % 20}", "first_reply", "on_track", i))
+        live.set_open(
+            key, OpenTarget.of("email", f"q{i % 20}", "none", "first_reply", "on_track", i)
+        )
         if i >= left_open:
             live.set_open(key, None)
     live.oldest()

@@ -55,7 +55,7 @@ class _Tables:
     contacts: dict[ContactKey, ContactRecord] = field(default_factory=dict)
     targets: dict[ContactKey, tuple[TargetRecord, ...]] = field(default_factory=dict)
     carried: dict[Carried, Counter[tuple[str, ...]]] = field(default_factory=dict)
-    carried_responses: dict[tuple[str, str, str, int], tuple[int, float]] = field(
+    carried_responses: dict[tuple[str, str, str, str, int], tuple[int, float]] = field(
         default_factory=dict
     )
     horizons: dict[str, int] = field(default_factory=dict)
@@ -274,8 +274,8 @@ class _Counters(_Role):
         return response_histograms(bounds, bucket_responses(bounds, rows), self.carried_responses())
 
     def carried_responses(self) -> Iterator[CarriedResponses]:
-        for (ch, q, target, le_ms), (n, total) in list(self.t.carried_responses.items()):
-            yield CarriedResponses(ch, q, target, le_ms / 1000, n, total)
+        for (ch, q, p, target, le_ms), (n, total) in list(self.t.carried_responses.items()):
+            yield CarriedResponses(ch, q, target, le_ms / 1000, n, total, p)
 
     def queues_seen(self) -> list[tuple[str, str, str]]:
         return sorted({(c.source, c.channel, c.queue) for c in self.t.contacts.values()})

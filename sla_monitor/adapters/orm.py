@@ -244,6 +244,7 @@ class CarriedResponseRow(Base):
     __tablename__ = "carried_responses"
     channel: Mapped[str] = mapped_column(String(16), primary_key=True)
     queue: Mapped[str] = mapped_column(String(200), primary_key=True)
+    priority: Mapped[str] = mapped_column(String(64), primary_key=True)  # 0010: "none" before
     target: Mapped[str] = mapped_column(String(32), primary_key=True)
     le_ms: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger)
@@ -269,6 +270,7 @@ class ResponseCountRow(Base):
     __tablename__ = "response_counts"
     channel: Mapped[str] = mapped_column(String(16), primary_key=True)
     queue: Mapped[str] = mapped_column(String(200), primary_key=True)
+    priority: Mapped[str] = mapped_column(String(64), primary_key=True)
     target: Mapped[str] = mapped_column(String(32), primary_key=True)
     bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger)

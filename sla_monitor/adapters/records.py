@@ -147,6 +147,7 @@ class CarriedResponses(NamedTuple):
     le_seconds: float
     how_many: int
     total: float
+    priority: str = NO_PRIORITY  # rows carried before it was kept: "none"
 
 
 class Carried(StrEnum):
@@ -194,13 +195,14 @@ class ResponseCounts(NamedTuple):
 
     channel: str
     queue: str
+    priority: str
     target: str
     counts: tuple[int, ...]
     total: float
 
 
-# (channel, queue, target, bucket) -> (how many, their sum)
-ResponseBuckets = dict[tuple[str, str, str, int], tuple[int, float]]
+# (channel, queue, priority, target, bucket) -> (how many, their sum)
+ResponseBuckets = dict[tuple[str, str, str, str, int], tuple[int, float]]
 
 
 def bucket_responses(
@@ -213,7 +215,8 @@ def bucket_responses(
         seconds = t[15]  # TargetRecord order: response_seconds 15
         if seconds is None:
             continue
-        key = (t[4], t[5], t[2], bisect.bisect_left(bounds, seconds))
+        # TargetRecord order: target 2, channel 4, queue 5, priority 6
+        key = (t[4], t[5], t[6], t[2], bisect.bisect_left(bounds, seconds))
         n, total = out.get(key, (0, 0.0))
         out[key] = (n + sign, total + sign * float(seconds))
     return out
@@ -223,21 +226,21 @@ def response_histograms(
     bounds: tuple[float, ...], buckets: ResponseBuckets, carried: Iterable[CarriedResponses]
 ) -> list[ResponseCounts]:
     """Histograms from bucketed counts plus what archived rows carried."""
-    merged: dict[tuple[str, str, str], tuple[list[int], float]] = {}
+    merged: dict[tuple[str, str, str, str], tuple[list[int], float]] = {}
 
-    def add(labels: tuple[str, str, str], bucket: int, n: int, total: float) -> None:
+    def add(labels: tuple[str, str, str, str], bucket: int, n: int, total: float) -> None:
         counts, sum_ = merged.get(labels) or ([0] * (len(bounds) + 1), 0.0)
         counts[bucket] += n
         merged[labels] = (counts, sum_ + total)
 
-    for (ch, q, tg, bucket), (n, total) in buckets.items():
-        add((ch, q, tg), bucket, n, total)
+    for (ch, q, p, tg, bucket), (n, total) in buckets.items():
+        add((ch, q, p, tg), bucket, n, total)
     for c in carried:
         bucket = bisect.bisect_left(bounds, c.le_seconds)  # exact: rounded up to the ms
-        add((c.channel, c.queue, c.target), bucket, c.how_many, c.total)
+        add((c.channel, c.queue, c.priority, c.target), bucket, c.how_many, c.total)
     return [
-        ResponseCounts(ch, q, tg, tuple(counts), total)
-        for (ch, q, tg), (counts, total) in merged.items()
+        ResponseCounts(ch, q, p, tg, tuple(counts), total)
+        for (ch, q, p, tg), (counts, total) in merged.items()
         if any(counts)
     ]
 
@@ -349,8 +352,8 @@ class CarriedCounts:
     """What archived records contributed to the counters (carried on after they go)."""
 
     counters: dict[Carried, Counter[tuple[str, ...]]]
-    # (channel, queue, target, value rounded up to the ms) -> (how many, exact sum)
-    responses: dict[tuple[str, str, str, int], tuple[int, float]]
+    # (channel, queue, priority, target, value rounded up to the ms) -> (how many, exact sum)
+    responses: dict[tuple[str, str, str, str, int], tuple[int, float]]
     opened: int
 
 
@@ -367,7 +370,7 @@ def carried_counts(
             counters[Carried.REPEATS][(c.channel, c.queue)] += 1
         if c.unmatched:
             counters[Carried.UNMATCHED][(c.channel, c.queue)] += 1
-    responses: dict[tuple[str, str, str, int], tuple[int, float]] = {}
+    responses: dict[tuple[str, str, str, str, int], tuple[int, float]] = {}
     for t in targets:
         if t.outcome is not None:
             counters[Carried.OUTCOMES][(t.channel, t.queue, t.priority, t.target, t.outcome)] += 1
@@ -375,6 +378,7 @@ def carried_counts(
             seconds = float(t.response_seconds)
             # rounded up: v <= b exactly when ceil_ms(v) <= b, for any bound b in ms
             le_ms = math.ceil(round(seconds * 1000, 3))
-            n, total = responses.get((t.channel, t.queue, t.target, le_ms), (0, 0.0))
-            responses[(t.channel, t.queue, t.target, le_ms)] = (n + 1, total + seconds)
+            key = (t.channel, t.queue, t.priority, t.target, le_ms)
+            n, total = responses.get(key, (0, 0.0))
+            responses[key] = (n + 1, total + seconds)
     return CarriedCounts(counters, responses, sum(counters[Carried.OPENED].values()))

@@ -226,8 +226,8 @@ class SqlStore:
         self._rows_at_analyze = 0
         self._analyze_lock = threading.Lock()
 
-    def migrate(self) -> None:
-        """Bring the schema to the latest revision (idempotent)."""
+    def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to the latest revision (idempotent); `revision`: to that one."""
         from alembic import command
         from alembic.config import Config as AlembicConfig
 
@@ -241,7 +241,7 @@ class SqlStore:
                 # is transactional once a transaction is open: open it.
                 conn.exec_driver_sql("BEGIN")
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            command.upgrade(cfg, revision)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -525,8 +525,10 @@ class _Counters(_Role):
     def responses(self, bounds: tuple[float, ...]) -> list[ResponseCounts]:
         self.count_responses_in(bounds)
         c = RESPONSE_COUNTS.c
-        q = select(c.channel, c.queue, c.target, c.bucket, c.count, c.total)
-        buckets = {(r[0], r[1], r[2], r[3]): (int(r[4]), float(r[5])) for r in self.conn.execute(q)}
+        q = select(c.channel, c.queue, c.priority, c.target, c.bucket, c.count, c.total)
+        buckets = {
+            (r[0], r[1], r[2], r[3], r[4]): (int(r[5]), float(r[6])) for r in self.conn.execute(q)
+        }
         return response_histograms(bounds, buckets, self.carried_responses())
 
     def _recount_responses(self, bounds: tuple[float, ...]) -> None:
@@ -562,9 +564,9 @@ class _Counters(_Role):
 
     def carried_responses(self) -> Iterator[CarriedResponses]:
         c = CARRIED_RESPONSES.c
-        q = select(c.channel, c.queue, c.target, c.le_ms, c.count, c.total)
+        q = select(c.channel, c.queue, c.target, c.le_ms, c.count, c.total, c.priority)
         for r in self.conn.execute(q):
-            yield CarriedResponses(r[0], r[1], r[2], r[3] / 1000, int(r[4]), float(r[5]))
+            yield CarriedResponses(r[0], r[1], r[2], r[3] / 1000, int(r[4]), float(r[5]), r[6])
 
     def source_counts(self, source: str) -> SourceCounts:
         ing = select(INGESTED.c.kind, INGESTED.c.count).where(INGESTED.c.source == source)
@@ -809,7 +811,7 @@ class _Archive(_Role):
         if counts.responses:
             stmt = self._insert(CARRIED_RESPONSES)
             stmt = stmt.on_conflict_do_update(
-                index_elements=["channel", "queue", "target", "le_ms"],
+                index_elements=["channel", "queue", "priority", "target", "le_ms"],
                 set_={
                     "count": CARRIED_RESPONSES.c.count + stmt.excluded.count,
                     "total": CARRIED_RESPONSES.c.total + stmt.excluded.total,
@@ -821,8 +823,9 @@ class _Archive(_Role):
                     {
                         "channel": k[0],
                         "queue": k[1],
-                        "target": k[2],
-                        "le_ms": k[3],
+                        "priority": k[2],
+                        "target": k[3],
+                        "le_ms": k[4],
                         "count": n,
                         "total": total,
                     }
@@ -968,7 +971,15 @@ def _response_bounds(role: _Role) -> tuple[float, ...] | None:
 
 def _add_responses(role: _Role, buckets: ResponseBuckets) -> None:
     rows = [
-        {"channel": k[0], "queue": k[1], "target": k[2], "bucket": k[3], "count": n, "total": t}
+        {
+            "channel": k[0],
+            "queue": k[1],
+            "priority": k[2],
+            "target": k[3],
+            "bucket": k[4],
+            "count": n,
+            "total": t,
+        }
         for k, (n, t) in sorted(buckets.items())
         if n
     ]
@@ -976,7 +987,7 @@ def _add_responses(role: _Role, buckets: ResponseBuckets) -> None:
         return
     stmt = role._insert(RESPONSE_COUNTS)
     stmt = stmt.on_conflict_do_update(
-        index_elements=["channel", "queue", "target", "bucket"],
+        index_elements=["channel", "queue", "priority", "target", "bucket"],
         set_={
             "count": RESPONSE_COUNTS.c.count + stmt.excluded.count,
             "total": RESPONSE_COUNTS.c.total + stmt.excluded.total,

@@ -17,6 +17,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from sla_monitor import __version__
+from sla_monitor.adapters.records import NO_PRIORITY
 from sla_monitor.domain.engine import OPEN_STATES
 from sla_monitor.domain.events import Channel
 from sla_monitor.domain.timeutil import from_micros
@@ -73,23 +74,28 @@ class MonitorCollector(Collector):
             "sla_response_seconds",
             "Time to fulfilment on the target's clock, pauses excluded; a bucket bound sits "
             "at every configured `within`.",
-            labels=["channel", "queue", "target"],
+            labels=["channel", "queue", "priority", "target"],
         )
-        for (ch, q, t), (buckets, total) in sorted(snap["responses"].items()):
-            response.add_metric([ch, q, t], buckets, total)
+        for (ch, q, p, t), (buckets, total) in sorted(snap["responses"].items()):
+            response.add_metric([ch, q, p, t], buckets, total)
         yield response
 
         open_targets = GaugeMetricFamily(
             "sla_open_targets",
-            "Open targets by state (0 for every configured combination).",
-            labels=["channel", "queue", "target", "state"],
+            "Open targets by state (0 for every configured combination, for every priority "
+            "seen in the queue).",
+            labels=["channel", "queue", "priority", "target", "state"],
         )
         counts = snap["open_counts"]
         keys = set(k for k, v in counts.items() if v)
+        priorities: dict[tuple[str, str], set[str]] = {}
+        for ch, q, p in snap["opened"]:  # every priority a queue's contacts have had
+            priorities.setdefault((ch, q), set()).add(p)
         for ch, q in snap["series"]:
             for t in policy.targets_for_channel(Channel(ch)):
                 for st in OPEN_STATE_NAMES:
-                    keys.add((ch, q, t.value, st))
+                    for p in priorities.get((ch, q)) or {NO_PRIORITY}:
+                        keys.add((ch, q, p, t.value, st))
         for key in sorted(keys):
             open_targets.add_metric(list(key), counts.get(key, 0))
         yield open_targets

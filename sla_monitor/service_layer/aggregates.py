@@ -177,12 +177,14 @@ def _contribute(live: LiveState, key: ContactKey, seq: int, row: Contribution, s
     if row.outcome is not None:
         live.outcomes[(row.channel, row.queue, row.priority, row.target, row.outcome)] += sign
     if row.response_seconds is not None:
-        live.response(row.channel, row.queue, row.target, row.response_seconds, sign)
+        live.response(row.channel, row.queue, row.priority, row.target, row.response_seconds, sign)
     if sign > 0:
         tk: TargetKey = (key[0], key[1], row.target, seq)
         live.set_open(
             tk,
-            OpenTarget.of(row.channel, row.queue, row.target, row.state, row.started_us)
+            OpenTarget.of(
+                row.channel, row.queue, row.priority, row.target, row.state, row.started_us
+            )
             if row.is_open
             else None,
         )

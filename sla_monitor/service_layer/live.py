@@ -89,14 +89,20 @@ class OpenTarget:
 
     channel: str
     queue: str
+    priority: str
     target: str
     state: str
     started_us: int
 
     @staticmethod
-    def of(channel: str, queue: str, target: str, state: str, started_us: int) -> OpenTarget:
+    def of(
+        channel: str, queue: str, priority: str, target: str, state: str, started_us: int
+    ) -> OpenTarget:
         # label strings are shared by all targets of a queue: intern them, not copy them
-        return OpenTarget(intern(channel), intern(queue), intern(target), intern(state), started_us)
+        return OpenTarget(
+            intern(channel), intern(queue), intern(priority), intern(target), intern(state),
+            started_us,
+        )  # fmt: skip
 
 
 @dataclass
@@ -117,7 +123,8 @@ class LiveState:
     def __init__(self, buckets: tuple[float, ...]) -> None:
         self.buckets = buckets
         self.open: dict[TargetKey, OpenTarget] = {}
-        self.open_counts: Counter[tuple[str, str, str, str]] = Counter()
+        # (channel, queue, priority, target, state) -> open targets
+        self.open_counts: Counter[tuple[str, str, str, str, str]] = Counter()
         # per (channel, queue, target): a heap of (started, target) with lazy deletion, and
         # how many open targets it has (to compact the heap before stale entries pile up)
         self._oldest: dict[tuple[str, str, str], list[tuple[int, TargetKey]]] = {}
@@ -126,7 +133,7 @@ class LiveState:
         self.opened: Counter[tuple[str, ...]] = Counter()
         self.repeats: Counter[tuple[str, ...]] = Counter()
         self.unmatched: Counter[tuple[str, ...]] = Counter()
-        self.responses: dict[tuple[str, str, str], Histogram] = {}
+        self.responses: dict[tuple[str, str, str, str], Histogram] = {}  # ch, q, prio, target
         self.ingested: Counter[tuple[str, ...]] = Counter()
         self.rejected: Counter[tuple[str, ...]] = Counter()
         self.polls: Counter[tuple[str, ...]] = Counter()
@@ -142,12 +149,13 @@ class LiveState:
         self,
         channel: str,
         queue: str,
+        priority: str,
         target: str,
         value: float,
         n: int = 1,
         total: float | None = None,
     ) -> None:
-        key = (channel, queue, target)
+        key = (channel, queue, priority, target)
         hist = self.responses.get(key)
         if hist is None:
             hist = self.responses[key] = Histogram(self.buckets)
@@ -156,12 +164,13 @@ class LiveState:
     def set_open(self, key: TargetKey, target: OpenTarget | None) -> None:
         old = self.open.pop(key, None)
         if old is not None:
-            self.open_counts[(old.channel, old.queue, old.target, old.state)] -= 1
+            self.open_counts[(old.channel, old.queue, old.priority, old.target, old.state)] -= 1
             self._open_per_labels[(old.channel, old.queue, old.target)] -= 1
         if target is None:
             return
         self.open[key] = target
-        self.open_counts[(target.channel, target.queue, target.target, target.state)] += 1
+        t = target
+        self.open_counts[(t.channel, t.queue, t.priority, t.target, t.state)] += 1
         labels = (target.channel, target.queue, target.target)
         self._open_per_labels[labels] += 1
         if (
@@ -252,7 +261,7 @@ def resume(
     ):
         counter.update(dict(stored))
     for rc in tx.counters.responses(live.buckets):
-        live.responses[(rc.channel, rc.queue, rc.target)] = Histogram(
+        live.responses[(rc.channel, rc.queue, rc.priority, rc.target)] = Histogram(
             live.buckets, list(rc.counts), rc.total, sum(rc.counts)
         )
     for ch, q, _p in live.opened:  # queues now only in archives keep their zeros
@@ -267,6 +276,6 @@ def resume(
         ck = contacts.setdefault(ck, ck)
         live.set_open(
             (ck[0], ck[1], intern(r.target), r.seq),
-            OpenTarget.of(r.channel, r.queue, r.target, r.state, r.started_us),
+            OpenTarget.of(r.channel, r.queue, r.priority, r.target, r.state, r.started_us),
         )
     return live, contacts

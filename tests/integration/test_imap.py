@@ -377,7 +377,10 @@ def test_moving_a_thread_to_the_done_folder_solves_it(
     monitor.load()
     first = src.poll(None, clock.now())
     monitor.apply_poll("mailbox", "imap", first, 0.0)
-    assert monitor.snapshot()["open_counts"][("email", "support", "next_reply", "on_track")] == 1
+    assert (
+        monitor.snapshot()["open_counts"][("email", "support", "none", "next_reply", "on_track")]
+        == 1
+    )
     # the agent archives the answered thread (both messages of the inbox move)
     c = dovecot.client()
     c.select_folder("DoneIn")
@@ -393,7 +396,7 @@ def test_moving_a_thread_to_the_done_folder_solves_it(
     monitor.apply_poll("mailbox", "imap", src.poll(second.cursor, clock.now()), 0.0)
     monitor.wake()
     snap = monitor.snapshot()
-    assert not any(n for k, n in snap["open_counts"].items() if k[2] == "next_reply")
+    assert not any(n for k, n in snap["open_counts"].items() if k[3] == "next_reply")
     outcomes = {k[3:]: n for k, n in snap["outcomes"].items() if n}
     assert outcomes.get(("next_reply", "cancelled")) == 1
     assert ("next_reply", "breached") not in outcomes
@@ -415,5 +418,5 @@ def test_moving_a_thread_to_the_done_folder_solves_it(
     clock.at = T0 + timedelta(days=3, minutes=15)
     monitor.apply_poll("mailbox", "imap", src.poll(second.cursor, clock.now()), 0.0)
     snap = monitor.snapshot()
-    assert sum(n for k, n in snap["open_counts"].items() if k[2] == "next_reply") == 1
+    assert sum(n for k, n in snap["open_counts"].items() if k[3] == "next_reply") == 1
     store.close()

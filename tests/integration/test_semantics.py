@@ -62,7 +62,7 @@ def test_a_source_never_read_is_judged_alike_live_replay_report_explain(
     m = Monitor(store, shipped_config, FixedClock(now))
     m.load()
     m.ingest("s", [ev("customer_message", T0, conv="c")])  # no watermark given
-    live = {k[3]: n for k, n in m.snapshot()["open_counts"].items() if n and k[2] == "first_reply"}
+    live = {k[4]: n for k, n in m.snapshot()["open_counts"].items() if n and k[3] == "first_reply"}
     explained = explain(store, shipped_config, ("s", "c"), now)
     assert explained is not None
     ex = next(t for t in explained["targets"] if t["target"] == "first_reply")

@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
+from sla_monitor.adapters.records import CONTACT_FIELDS, TARGET_FIELDS, evaluation_rows
 from sla_monitor.adapters.sql import SqlStore
 from sla_monitor.config import Config
+from sla_monitor.domain.engine import evaluate_contact
 from sla_monitor.sources.abc import PollResult
 
 from ..helpers import at, ev, stored_events
@@ -146,3 +148,55 @@ def test_start_up_reads_no_history(store: SqlStore, shipped_config: Config) -> N
         k: (h.counts, h.total) for k, h in m.live.responses.items()
     }
     assert again.live.series == m.live.series
+
+
+def test_migration_0010_counts_what_an_earlier_version_stored(
+    db_url: str, shipped_config: Config
+) -> None:
+    """A database written before the counts were kept (and archived from: carried response
+    times without a priority) starts with the same counters after the upgrade."""
+    import sqlalchemy as sa
+
+    old = SqlStore(db_url)
+    old.migrate("0009")
+    contacts = [*email_contact("A"), *email_contact("B", "cust-2")]
+    evaluations = [
+        evaluate_contact(contacts[:2], shipped_config.policy, at(hours=3), at(hours=3)),
+        evaluate_contact(contacts[2:], shipped_config.policy, at(hours=3), at(hours=3)),
+    ]
+    contact_rows, target_rows = evaluation_rows(evaluations)
+    columns = {  # as 0009 had them: no kept counts yet
+        "contacts": CONTACT_FIELDS,
+        "targets": TARGET_FIELDS,
+    }
+    with old.engine.begin() as conn:
+        for table, rows in (("contacts", contact_rows), ("targets", target_rows)):
+            names = columns[table]
+            conn.execute(
+                sa.text(
+                    f"INSERT INTO {table} ({', '.join(names)}) "
+                    f"VALUES ({', '.join(':' + n for n in names)})"
+                ),
+                [dict(zip(names, r, strict=True)) for r in rows],
+            )
+        conn.execute(
+            sa.text(
+                "INSERT INTO carried_responses (channel, queue, target, le_ms, count, total) "
+                "VALUES ('email', 'billing', 'first_reply', 600000, 3, 1500.0)"
+            )
+        )
+    old.close()
+    store = SqlStore(db_url)
+    store.migrate()
+    try:
+        m = make_monitor(store, shipped_config, at(hours=3))
+        assert sum(m.live.opened.values()) == 2
+        assert m.live.outcomes[("email", "billing", "none", "first_reply", "breached")] == 2
+        carried = m.live.responses[("email", "billing", "none", "first_reply")]
+        assert carried.count == 3 and carried.total == 1500.0  # carried, now under "none"
+        auto = m.live.responses[("email", "billing", "none", "auto_ack")]
+        assert auto.count == 2  # counted again once from the targets (new bounds)
+        with store.read() as tx:
+            assert tx.counters.queues_seen() == [("desk", "email", "billing")]
+    finally:
+        store.close()

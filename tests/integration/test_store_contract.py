@@ -199,11 +199,11 @@ def test_state_records_round_trip_and_feed_the_counters(store: Store) -> None:
             2,
         ) in tx.counters.outcomes()
         assert tx.counters.responses((10.0, 20.0, 30.0)) == [
-            ResponseCounts("email", "billing", "auto_ack", (0, 2, 0, 0), 40.0)
+            ResponseCounts("email", "billing", NO_PRIORITY, "auto_ack", (0, 2, 0, 0), 40.0)
         ]
         # other bounds (a `within` changed in the config): the same times, counted again
         assert tx.counters.responses((5.0, 19.5)) == [
-            ResponseCounts("email", "billing", "auto_ack", (0, 0, 2), 40.0)
+            ResponseCounts("email", "billing", NO_PRIORITY, "auto_ack", (0, 0, 2), 40.0)
         ]
         assert tx.counters.queues_seen() == [("s", "email", "billing")]
         assert sorted(tx.counters.ingested()) == [
@@ -348,8 +348,8 @@ def recounted(tx: Transaction, keys: list[ContactKey], archived: CarriedCounts) 
         out[name] = sorted((k, n) for k, n in total.items() if n)
     out["queues"] = sorted({(c.source, c.channel, c.queue) for c in contacts})
     carried = [
-        CarriedResponses(ch, q, tg, le / 1000, n, total)
-        for (ch, q, tg, le), (n, total) in archived.responses.items()
+        CarriedResponses(ch, q, tg, le / 1000, n, total, p)
+        for (ch, q, p, tg, le), (n, total) in archived.responses.items()
     ]
     for bounds in (BOUNDS, (30.0, 600.0)):
         out[f"responses {bounds}"] = sorted(
@@ -405,7 +405,8 @@ def test_kept_counts_always_equal_a_recount_of_the_records(
         carried = list(tx.counters.carried_responses())
     archived = CarriedCounts({c: Counter() for c in Carried}, {}, 0)
     for c in carried:  # archived by earlier examples: carried for good
-        archived.responses[(c.channel, c.queue, c.target, round(c.le_seconds * 1000))] = (
+        key = (c.channel, c.queue, c.priority, c.target, round(c.le_seconds * 1000))
+        archived.responses[key] = (
             c.how_many,
             c.total,
         )

@@ -53,7 +53,9 @@ def recount(
         "outcomes": Counter(
             (t.channel, t.queue, t.priority, t.target, t.outcome) for t in rows if t.outcome
         ),
-        "open": Counter((t.channel, t.queue, t.target, t.state) for t in rows if t.is_open),
+        "open": Counter(
+            (t.channel, t.queue, t.priority, t.target, t.state) for t in rows if t.is_open
+        ),
     }
 
 

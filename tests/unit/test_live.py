@@ -9,7 +9,7 @@ from sla_monitor.service_layer.live import DEFAULT_BUCKETS, LiveState, OpenTarge
 
 
 def target(started: int, queue: str = "billing") -> OpenTarget:
-    return OpenTarget.of("email", queue, "first_reply", "on_track", started)
+    return OpenTarget.of("email", queue, "none", "first_reply", "on_track", started)
 
 
 def test_finished_targets_do_not_pile_up_behind_one_long_open_target() -> None:

@@ -96,7 +96,7 @@ def test_restart_resumes_counters_and_open_targets_without_recompute(
         0.0,
     )
     before = m.snapshot()
-    assert before["open_counts"][("email", "billing", "first_reply", "on_track")] == 2
+    assert before["open_counts"][("email", "billing", "none", "first_reply", "on_track")] == 2
 
     def no_recompute(*_a: object, **_k: object) -> None:
         raise AssertionError("restart must not re-evaluate contacts")
@@ -124,11 +124,11 @@ def test_deadline_wake_breaches_only_after_the_watermark_passes(
     m.wake()
     m.wake()
     assert m.live.outcomes.get(("email", "billing", "none", "first_reply", "breached"), 0) == 0
-    assert m.snapshot()["open_counts"][("email", "billing", "first_reply", "at_risk")] == 1
+    assert m.snapshot()["open_counts"][("email", "billing", "none", "first_reply", "at_risk")] == 1
     # the poll that reads past the deadline makes the breach knowable
     m.apply_poll("desk", "jsonl", PollResult([], cursor="y", watermark=at(hours=1, seconds=1)), 0.0)
     assert m.live.outcomes[("email", "billing", "none", "first_reply", "breached")] == 1
-    assert m.snapshot()["open_counts"][("email", "billing", "first_reply", "breached")] == 1
+    assert m.snapshot()["open_counts"][("email", "billing", "none", "first_reply", "breached")] == 1
 
 
 def test_rejected_items_are_kept_with_their_reason(store: Store, shipped_config: Config) -> None:
@@ -214,3 +214,39 @@ def test_listeners_hear_a_breach_and_its_late_reply(store: Store, shipped_config
     late = ev("agent_reply", at(hours=2), conv="A", event_id="A-9", source="desk")
     m.apply_poll("desk", "jsonl", PollResult([late], cursor="2", watermark=at(hours=2)), 0.0)
     assert heard == [("first_reply", "breached", False)]  # still breached, but answered: resolve
+
+
+def test_metrics_tell_urgent_breaches_from_the_rest(shipped_config: Config) -> None:
+    """`sla_open_targets` and `sla_response_seconds` carry the priority: a lead can ask for
+    urgent contacts lapsed now, or urgent first replies within the hour."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from sla_monitor.adapters.memory import MemoryStore
+    from sla_monitor.publishing.metrics import MonitorCollector
+
+    m = Monitor(MemoryStore(), shipped_config, FixedClock(at(hours=2)))
+    m.load()
+    urgent = [
+        ev("customer_message", T0, conv="U", source="desk", event_id="u1", priority="urgent"),
+        ev("auto_reply", at(seconds=20), conv="U", source="desk", event_id="u2"),
+    ]
+    normal = [
+        ev("customer_message", T0, conv="N", source="desk", event_id="n1", customer="c2"),
+        ev("agent_reply", at(minutes=10), conv="N", source="desk", event_id="n2", customer="c2"),
+    ]
+    m.apply_poll("desk", "jsonl", PollResult(urgent + normal, cursor="x", watermark=at(hours=2)), 0)
+    registry = CollectorRegistry()
+    registry.register(MonitorCollector(m))
+    text = generate_latest(registry).decode()
+    urgent_breached = (
+        'sla_open_targets{channel="email",priority="urgent",queue="billing",'
+        'state="breached",target="first_reply"} 1.0'
+    )
+    assert urgent_breached in text
+    none_breached = urgent_breached.replace('"urgent"', '"none"').replace("} 1.0", "} 0.0")
+    assert none_breached in text  # the other priority of the queue: a 0, not a gap
+    assert (
+        'sla_response_seconds_bucket{channel="email",le="600",priority="none",'
+        'queue="billing",target="first_reply"} 1.0'
+    ) in text
+    assert 'sla_response_seconds_count{channel="email",priority="urgent"' in text  # its auto-ack

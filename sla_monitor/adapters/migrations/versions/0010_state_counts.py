@@ -2,7 +2,8 @@
 written, so that start-up reads counts instead of grouping the whole contact and target
 history (restart time must not grow with history); an index for the contacts waiting on a
 deadline or a watermark. The response buckets are filled at the first start (they depend
-on the configured `within`s).
+on the configured `within`s). Archived response times keep their priority (carried before:
+"none").
 
 Revision ID: 0010
 Revises: 0009
@@ -56,12 +57,32 @@ def upgrade() -> None:
         "response_counts",
         sa.Column("channel", sa.String(16), nullable=False),
         sa.Column("queue", sa.String(200), nullable=False),
+        sa.Column("priority", sa.String(64), nullable=False),
         sa.Column("target", sa.String(32), nullable=False),
         sa.Column("bucket", sa.Integer(), nullable=False),
         sa.Column("count", sa.BigInteger(), nullable=False),
         sa.Column("total", sa.Float(), nullable=False),
-        sa.PrimaryKeyConstraint("channel", "queue", "target", "bucket"),
+        sa.PrimaryKeyConstraint("channel", "queue", "priority", "target", "bucket"),
     )
+    # archived response times keep their priority from now on (sla_response_seconds has
+    # it); those carried before had it dropped: "none"
+    op.create_table(
+        "carried_responses_0010",
+        sa.Column("channel", sa.String(16), nullable=False),
+        sa.Column("queue", sa.String(200), nullable=False),
+        sa.Column("priority", sa.String(64), nullable=False),
+        sa.Column("target", sa.String(32), nullable=False),
+        sa.Column("le_ms", sa.BigInteger(), nullable=False),
+        sa.Column("count", sa.BigInteger(), nullable=False),
+        sa.Column("total", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("channel", "queue", "priority", "target", "le_ms"),
+    )
+    op.execute(
+        "INSERT INTO carried_responses_0010 (channel, queue, priority, target, le_ms, count, "
+        "total) SELECT channel, queue, 'none', target, le_ms, count, total FROM carried_responses"
+    )
+    op.drop_table("carried_responses")
+    op.rename_table("carried_responses_0010", "carried_responses")
     op.create_index(
         "ix_contacts_waiting",
         "contacts",
@@ -83,6 +104,23 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.create_table(
+        "carried_responses_0009",
+        sa.Column("channel", sa.String(16), nullable=False),
+        sa.Column("queue", sa.String(200), nullable=False),
+        sa.Column("target", sa.String(32), nullable=False),
+        sa.Column("le_ms", sa.BigInteger(), nullable=False),
+        sa.Column("count", sa.BigInteger(), nullable=False),
+        sa.Column("total", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("channel", "queue", "target", "le_ms"),
+    )
+    op.execute(
+        "INSERT INTO carried_responses_0009 (channel, queue, target, le_ms, count, total) "
+        "SELECT channel, queue, target, le_ms, sum(count), sum(total) FROM carried_responses "
+        "GROUP BY channel, queue, target, le_ms"
+    )
+    op.drop_table("carried_responses")
+    op.rename_table("carried_responses_0009", "carried_responses")
     op.drop_index("ix_contacts_waiting", "contacts")
     op.drop_table("response_counts")
     op.drop_table("state_counts")
