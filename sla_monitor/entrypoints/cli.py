@@ -59,11 +59,9 @@ def _instants(args: argparse.Namespace) -> None:
         raise UsageError(f"--tz {args.tz!r}: not an IANA time zone (e.g. Europe/Berlin)") from None
     args.zone = tz  # text output shows instants in it too
     now = datetime.now(UTC).replace(microsecond=0)
-    if getattr(args, "since", None) is not None:
-        if getattr(args, "from_", None) is not None:
-            raise UsageError("give --from or --since, not both")
-        args.from_ = args.since
-    for name in INSTANT_OPTIONS:
+    if getattr(args, "since", None) is not None and getattr(args, "from_", None) is not None:
+        raise UsageError("give --from or --since, not both")
+    for name in (*INSTANT_OPTIONS, "since"):
         value = getattr(args, name, None)
         if isinstance(value, str):
             try:
@@ -71,6 +69,8 @@ def _instants(args: argparse.Namespace) -> None:
             except ValueError as exc:
                 option = "--" + name.rstrip("_").replace("_", "-")
                 raise UsageError(f"{option}: {exc}") from None
+    if getattr(args, "since", None) is not None:
+        args.from_ = args.since
 
 
 def _duration(text: str) -> timedelta:
