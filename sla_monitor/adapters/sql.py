@@ -808,30 +808,7 @@ class _Archive(_Role):
         counts = carried_counts(contacts, targets)
         for counter, values in counts.counters.items():
             self._carry(counter, values)
-        if counts.responses:
-            stmt = self._insert(CARRIED_RESPONSES)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["channel", "queue", "priority", "target", "le_ms"],
-                set_={
-                    "count": CARRIED_RESPONSES.c.count + stmt.excluded.count,
-                    "total": CARRIED_RESPONSES.c.total + stmt.excluded.total,
-                },
-            )
-            conn.execute(
-                stmt,
-                [
-                    {
-                        "channel": k[0],
-                        "queue": k[1],
-                        "priority": k[2],
-                        "target": k[3],
-                        "le_ms": k[4],
-                        "count": n,
-                        "total": total,
-                    }
-                    for k, (n, total) in counts.responses.items()
-                ],
-            )
+        _add_response_sums(self, CARRIED_RESPONSES, "le_ms", counts.responses)
         # events by id: one stored after this transaction read them is never lost unseen
         for i in range(0, len(ids), 900):
             conn.execute(delete(EVENTS).where(EVENTS.c.id.in_(ids[i : i + 900])))
@@ -970,27 +947,31 @@ def _response_bounds(role: _Role) -> tuple[float, ...] | None:
 
 
 def _add_responses(role: _Role, buckets: ResponseBuckets) -> None:
+    _add_response_sums(role, RESPONSE_COUNTS, "bucket", buckets)
+
+
+def _add_response_sums(
+    role: _Role,
+    table: Table,
+    last: str,
+    sums: dict[tuple[str, str, str, str, int], tuple[int, float]],
+) -> None:
+    """Add (how many, sum) per (channel, queue, priority, target, `last`) to a table of
+    response times: the kept buckets, or the archived values carried on."""
+    names = ("channel", "queue", "priority", "target", last)
     rows = [
-        {
-            "channel": k[0],
-            "queue": k[1],
-            "priority": k[2],
-            "target": k[3],
-            "bucket": k[4],
-            "count": n,
-            "total": t,
-        }
-        for k, (n, t) in sorted(buckets.items())
+        {**dict(zip(names, k, strict=True)), "count": n, "total": t}
+        for k, (n, t) in sorted(sums.items())
         if n
     ]
     if not rows:
         return
-    stmt = role._insert(RESPONSE_COUNTS)
+    stmt = role._insert(table)
     stmt = stmt.on_conflict_do_update(
-        index_elements=["channel", "queue", "priority", "target", "bucket"],
+        index_elements=list(names),
         set_={
-            "count": RESPONSE_COUNTS.c.count + stmt.excluded.count,
-            "total": RESPONSE_COUNTS.c.total + stmt.excluded.total,
+            "count": table.c.count + stmt.excluded.count,
+            "total": table.c.total + stmt.excluded.total,
         },
     )
     role.conn.execute(stmt, rows)
