@@ -21,7 +21,7 @@ from sla_monitor.publishing.alertmanager import AlertmanagerPublisher, DeliveryC
 from sla_monitor.publishing.metrics import MonitorCollector
 from sla_monitor.service_layer.clock import choose_clock
 from sla_monitor.service_layer.monitor import Monitor
-from sla_monitor.service_layer.runtime import Endpoint, Runtime
+from sla_monitor.service_layer.runtime import Endpoint, Runtime, alive_within
 from sla_monitor.sources import build_source, secrets_of_source, validate_source_config
 from sla_monitor.sources.abc import SourceContext
 
@@ -43,7 +43,7 @@ def build_app(
         raise ConfigError(missing)
     store = open_store(db_url or config.database_url)
     store.migrate()
-    clock = choose_clock(config, store)
+    clock = choose_clock(config, store, alive_within(config))
     alerting, cluster = config.settings.alerting, config.settings.cluster
     urls = [*alerting.alertmanager_urls, *(alertmanagers or [])]
     make_pager = None

@@ -62,6 +62,7 @@ class _Tables:
     runs: dict[int, dict[str, int | str | None]] = field(default_factory=dict)
     leases: dict[str, tuple[str, int]] = field(default_factory=dict)
     replicas: dict[str, int] = field(default_factory=dict)
+    clocks: dict[str, int] = field(default_factory=dict)
     dirty: dict[ContactKey, int] = field(default_factory=dict)
 
     def copy(self) -> _Tables:
@@ -495,8 +496,16 @@ class _Cluster(_Role):
         if current is None or current[0] != holder or current[1] < now_us:
             raise LeaseLost(name)
 
-    def heartbeat(self, replica: str, now_us: int) -> None:
+    def heartbeat(self, replica: str, now_us: int, clock_us: int | None = None) -> None:
         self.t.replicas[replica] = now_us
+        if clock_us is not None:
+            self.t.clocks[replica] = clock_us
+
+    def clock_reading(self) -> tuple[int, int] | None:
+        if not self.t.clocks:
+            return None
+        replica = max(self.t.clocks, key=lambda r: self.t.clocks[r])
+        return self.t.replicas[replica], self.t.clocks[replica]
 
     def live_replicas(self, since_us: int) -> list[str]:
         return sorted(r for r, seen in self.t.replicas.items() if seen >= since_us)

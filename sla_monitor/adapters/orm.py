@@ -191,6 +191,7 @@ class ReplicaRow(Base):
     __tablename__ = "replicas"
     replica_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     seen_us: Mapped[int] = mapped_column(BigInteger)
+    clock_us: Mapped[int | None] = mapped_column(BigInteger)  # 0011: the monitor's clock then
 
 
 class DirtyContactRow(Base):

@@ -853,11 +853,22 @@ class _Cluster(_Role):
         if row is None or row[0] != holder or row[1] < now_us:
             raise LeaseLost(name)
 
-    def heartbeat(self, replica: str, now_us: int) -> None:
-        stmt = self._insert(REPLICAS).values(replica_id=replica, seen_us=now_us)
-        self.conn.execute(
-            stmt.on_conflict_do_update(index_elements=["replica_id"], set_={"seen_us": now_us})
+    def heartbeat(self, replica: str, now_us: int, clock_us: int | None = None) -> None:
+        values: dict[str, int] = {"seen_us": now_us}
+        if clock_us is not None:
+            values["clock_us"] = clock_us
+        stmt = self._insert(REPLICAS).values(replica_id=replica, **values)
+        self.conn.execute(stmt.on_conflict_do_update(index_elements=["replica_id"], set_=values))
+
+    def clock_reading(self) -> tuple[int, int] | None:
+        q = (
+            select(REPLICAS.c.seen_us, REPLICAS.c.clock_us)
+            .where(REPLICAS.c.clock_us.is_not(None))
+            .order_by(REPLICAS.c.clock_us.desc())
+            .limit(1)
         )
+        row = self.conn.execute(q).first()
+        return None if row is None else (int(row[0]), int(row[1]))
 
     def live_replicas(self, since_us: int) -> list[str]:
         q = select(REPLICAS.c.replica_id).where(REPLICAS.c.seen_us >= since_us)

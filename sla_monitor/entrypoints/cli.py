@@ -50,15 +50,16 @@ class UsageError(Exception):
 INSTANT_OPTIONS = ("from_", "to_", "to", "as_of", "before", "watermark")  # args' names
 
 
-def _instants(args: argparse.Namespace) -> None:
+def _instants(args: argparse.Namespace, now: datetime) -> None:
     """Options given as instants, read as a person writes them (parse_human_instant) in
-    the zone of --tz, once every option is known."""
+    the zone of --tz, once every option is known; relative ones ("2h", "7d") back from
+    `now`."""
     try:
         tz: tzinfo = ZoneInfo(args.tz) if args.tz not in ("UTC", "Z") else UTC
     except (ZoneInfoNotFoundError, ValueError):
         raise UsageError(f"--tz {args.tz!r}: not an IANA time zone (e.g. Europe/Berlin)") from None
     args.zone = tz  # text output shows instants in it too
-    now = datetime.now(UTC).replace(microsecond=0)
+    now = now.replace(microsecond=0)
     if getattr(args, "since", None) is not None and getattr(args, "from_", None) is not None:
         raise UsageError("give --from or --since, not both")
     for name in (*INSTANT_OPTIONS, "since"):
@@ -186,6 +187,24 @@ def _store(config: Config, args: argparse.Namespace) -> Store:
     return store
 
 
+def _open(args: argparse.Namespace) -> tuple[Config, Store, datetime]:
+    """The config, the store, and the instant its monitor is at ("now" for the tools that
+    judge it: a demo database's clock runs ahead of real time), with the instants given
+    on the command line read against that now."""
+    from sla_monitor.service_layer.clock import database_now
+    from sla_monitor.service_layer.runtime import alive_within
+
+    config = load_config(args.config, validate_source_config)
+    store = _store(config, args)
+    try:
+        now = database_now(config, store, alive_within(config)).replace(microsecond=0)
+        _instants(args, now)
+    except BaseException:
+        store.close()
+        raise
+    return config, store, now
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from sla_monitor.service_layer.clock import SystemClock
     from sla_monitor.service_layer.ingest import ImportSummary, advance, import_events
@@ -193,6 +212,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from sla_monitor.service_layer.runtime import settle_heap
 
     config = load_config(args.config, validate_source_config)
+    _instants(args, datetime.now(UTC))
     path = Path(args.file)
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
@@ -232,13 +252,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from sla_monitor.service_layer.recompute import replay
-    from sla_monitor.service_layer.runtime import HEARTBEAT_SECONDS, holders_of
+    from sla_monitor.service_layer.runtime import alive_within, holders_of
 
-    config = load_config(args.config, validate_source_config)
-    store = _store(config, args)
+    config, store, now = _open(args)
     # replay rewrites every contact: under a running monitor, both would write the same
     # records (and the monitor's memory would no longer match the store)
-    within = max(3 * HEARTBEAT_SECONDS, config.settings.cluster.lease_ttl.total_seconds())
+    within = alive_within(config)
     if running := holders_of(store, datetime.now(UTC), within):
         store.close()
         raise UsageError(
@@ -246,7 +265,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             "replay, then start it again (one stopped without saying so is forgotten "
             f"{within:.0f} s after its last sign of life)"
         )
-    as_of = args.as_of or datetime.now(UTC)
+    as_of = args.as_of or now
     started = time.monotonic()
     if args.workers is not None and args.workers < 1:
         raise UsageError("--workers must be at least 1")
@@ -260,9 +279,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from sla_monitor.service_layer.recompute import report
 
-    config = load_config(args.config, validate_source_config)
-    store = _store(config, args)
-    as_of = args.as_of or datetime.now(UTC)
+    config, store, now = _open(args)
+    as_of = args.as_of or now
     if args.to_ and args.from_ and args.to_ <= args.from_:
         raise UsageError("--to must be later than --from")
     result = report(
@@ -284,12 +302,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from sla_monitor.service_layer.recompute import explain
 
-    config = load_config(args.config, validate_source_config)
-    store = _store(config, args)
     source, sep, conv = args.contact.partition(":")
     if not sep:
         raise UsageError("CONTACT is SOURCE:CONVERSATION_ID (e.g. demo:1234)")
-    result = explain(store, config, (source, conv), args.as_of or datetime.now(UTC))
+    config, store, now = _open(args)
+    result = explain(store, config, (source, conv), args.as_of or now)
     store.close()
     if result is None:
         print(f"no events stored for contact {args.contact}", file=sys.stderr)
@@ -320,13 +337,12 @@ def _archive_horizon(config: Config, args: argparse.Namespace, source: str) -> s
 def cmd_archive(args: argparse.Namespace) -> int:
     from sla_monitor.service_layer.archive import ArchiveError, ArchiveInterrupted, archive
 
-    config = load_config(args.config, validate_source_config)
     if args.to_file is None and not args.dry_run:
         raise UsageError("give --to FILE (a new .jsonl.gz file), or --dry-run")
-    store = _store(config, args)
+    config, store, now = _open(args)
     path = None if args.dry_run else Path(args.to_file)
     try:
-        s = archive(store, config, args.before, path, datetime.now(UTC), _progress("archive"))
+        s = archive(store, config, args.before, path, now, _progress("archive"))
     except ArchiveError as exc:
         raise UsageError(str(exc)) from None
     except ArchiveInterrupted as exc:
@@ -599,7 +615,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.root.level))
     debug = args.log_level == "DEBUG"
     try:
-        _instants(args)
+        if args.func is cmd_due:  # the others read them against their database (_open)
+            _instants(args, datetime.now(UTC))
         return int(args.func(args))
     except ConfigError as exc:
         print("config error:\n  " + "\n  ".join(exc.problems), file=sys.stderr)

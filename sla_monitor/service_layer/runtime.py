@@ -35,6 +35,11 @@ AUTH_RETRY = 300.0
 HEARTBEAT_SECONDS = 5.0  # a running monitor says so this often (`replay` checks)
 
 
+def alive_within(config: Config) -> float:
+    """Seconds after its last sign of life that a monitor counts as gone."""
+    return max(3 * HEARTBEAT_SECONDS, config.settings.cluster.lease_ttl.total_seconds())
+
+
 def holders_of(store: Store, now: datetime, within: float) -> list[str]:
     """The monitors (replicas) that said they hold this database in the last `within` s."""
     with store.begin() as tx:
@@ -235,7 +240,7 @@ class Runtime:
         assert owned is not None
         try:
             with self.store.begin() as tx:
-                tx.cluster.heartbeat(self.replica_id, now_us)
+                tx.cluster.heartbeat(self.replica_id, now_us, to_micros(self.monitor.clock.now()))
                 replicas = tx.cluster.live_replicas(now_us - ttl_us)
                 holders = tx.cluster.holders(now_us)
             names = sorted(self.sources)
@@ -386,7 +391,8 @@ class Runtime:
         try:
             with self.store.begin() as tx:
                 now_us = now_us or to_micros(datetime.now(UTC))
-                tx.cluster.heartbeat(self.monitor.replica_id, now_us)
+                clock_us = to_micros(self.monitor.clock.now())  # where a demo's clock is
+                tx.cluster.heartbeat(self.monitor.replica_id, now_us, clock_us)
         except Exception as exc:  # the monitor goes on; the outage is reported elsewhere
             log.debug("heartbeat not stored (%s)", exc)
 

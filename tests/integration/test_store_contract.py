@@ -319,9 +319,15 @@ def test_leases_fence_and_the_dirty_queue(store: Store) -> None:
         assert tx.cluster.holders(US + 12) == {"leader": "r2"}
         tx.cluster.release("leader", "r2")
         assert tx.cluster.holders(US + 12) == {}
+        assert tx.cluster.clock_reading() is None
         tx.cluster.heartbeat("r1", US)
         tx.cluster.heartbeat("r2", US + 100)
         assert tx.cluster.live_replicas(US + 50) == ["r2"]
+        assert tx.cluster.clock_reading() is None  # no monitor said what its clock read
+        tx.cluster.heartbeat("r1", US + 200, clock_us=US + 9_000)
+        tx.cluster.heartbeat("r2", US + 300, clock_us=US + 5_000)
+        tx.cluster.heartbeat("r1", 1)  # stopped: its last reading stays
+        assert tx.cluster.clock_reading() == (1, US + 9_000)
         tx.cluster.mark_dirty([("s", "A"), ("s", "B")])
         seen = tx.cluster.dirty(10)
         assert seen == {("s", "A"): 1, ("s", "B"): 1}
