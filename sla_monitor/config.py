@@ -255,12 +255,20 @@ class PolicyConfig(_Model):
         return _duration(v)
 
 
+class QueueLabelsConfig(_Model):
+    """A bound on the `queue` label values a source creates (metrics only)."""
+
+    allow: list[str] | None = None  # these keep their own label (with `queues`)
+    max: int | None = Field(None, ge=1, le=100_000)  # at most this many labels, first seen first
+
+
 class SourceConfig(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     kind: str
     channel: Channel | None = None
     interval: timedelta = timedelta(seconds=30)
     queues: list[str] = []
+    queue_labels: QueueLabelsConfig = QueueLabelsConfig()
     contact_url: str | None = None  # e.g. https://desk.example.com/tickets/{conversation_id}
     options: dict[str, Any] = {}
 
@@ -268,6 +276,16 @@ class SourceConfig(_Model):
     @classmethod
     def _interval(cls, v: Any) -> timedelta:
         return _duration(v)
+
+    @model_validator(mode="after")
+    def _room_for_the_kept_queues(self) -> SourceConfig:
+        always = set(self.queues) | set(self.queue_labels.allow or ())
+        if self.queue_labels.max is not None and self.queue_labels.max < len(always):
+            raise ValueError(
+                f"queue_labels.max is {self.queue_labels.max}, but {len(always)} queues "
+                "(queues and queue_labels.allow) always keep their own label: raise max"
+            )
+        return self
 
 
 class BasicAuthConfig(_Model):

@@ -133,6 +133,11 @@ class CounterRepository(Protocol):
         """(source, channel, queue) of every stored contact."""
         ...
 
+    def queue_order(self) -> list[tuple[str, str]]:
+        """(source, queue) of every queue ever written with a contact, in the order first
+        written (kept through `clear` and archiving)."""
+        ...
+
     def source_counts(self, source: str) -> SourceCounts: ...
 
 

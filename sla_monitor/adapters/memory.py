@@ -32,6 +32,7 @@ from sla_monitor.adapters.records import (
     TargetRecord,
     bucket_responses,
     carried_counts,
+    queues_of,
     response_histograms,
 )
 from sla_monitor.domain.engine import ContactSummary
@@ -63,6 +64,7 @@ class _Tables:
     leases: dict[str, tuple[str, int]] = field(default_factory=dict)
     replicas: dict[str, int] = field(default_factory=dict)
     clocks: dict[str, int] = field(default_factory=dict)
+    queue_order: dict[tuple[str, str], None] = field(default_factory=dict)  # insertion order
     dirty: dict[ContactKey, int] = field(default_factory=dict)
 
     def copy(self) -> _Tables:
@@ -281,6 +283,9 @@ class _Counters(_Role):
     def queues_seen(self) -> list[tuple[str, str, str]]:
         return sorted({(c.source, c.channel, c.queue) for c in self.t.contacts.values()})
 
+    def queue_order(self) -> list[tuple[str, str]]:
+        return list(self.t.queue_order)
+
     def source_counts(self, source: str) -> SourceCounts:
         def mine(counts: Counts) -> Counts:
             return [(k, n) for k, n in counts if k[0] == source]
@@ -314,6 +319,8 @@ class _State(_Role):
             if c.key in self.t.contacts:
                 raise ValueError(f"contact {c.source}:{c.conversation_id} is already stored")
             self.t.contacts[c.key] = c
+        for seen in queues_of(contacts):
+            self.t.queue_order.setdefault(seen, None)
         by_contact: dict[ContactKey, list[TargetRecord]] = {}
         for values in targets:
             r = TargetRecord._make(values)

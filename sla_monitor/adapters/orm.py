@@ -187,6 +187,18 @@ class LeaseRow(Base):
     expires_us: Mapped[int] = mapped_column(BigInteger)
 
 
+class QueueSeenRow(Base):
+    """Every queue each source has had, in the order first seen (`seq`): the first ones of
+    a source keep their own `queue` label in metrics, up to its bound (config
+    `queue_labels`); the order must survive restarts, or series would change hands."""
+
+    __tablename__ = "queues_seen"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(String(200))
+    __table_args__ = (UniqueConstraint("source", "queue", name="uq_queues_seen"),)
+
+
 class ReplicaRow(Base):
     __tablename__ = "replicas"
     replica_id: Mapped[str] = mapped_column(String(200), primary_key=True)

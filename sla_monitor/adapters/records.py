@@ -189,6 +189,12 @@ def state_counts(contacts: Iterable[Row], targets: Iterable[Row], sign: int = 1)
     return out
 
 
+def queues_of(contacts: Iterable[Row]) -> list[tuple[str, str]]:
+    """(source, queue) of these contact rows, each once, in the order they first appear
+    (the store keeps the order queues were first seen in: queue labels are bounded by it)."""
+    return list(dict.fromkeys((c[0], c[3]) for c in contacts))
+
+
 class ResponseCounts(NamedTuple):
     """One response-time histogram: per bucket of the given bounds (the last is +Inf)
     how many, and the exact sum of them all."""

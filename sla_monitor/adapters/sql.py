@@ -46,6 +46,7 @@ from sla_monitor.adapters.orm import (
     LateCountRow,
     LeaseRow,
     PollCountRow,
+    QueueSeenRow,
     RejectedCountRow,
     RejectedRow,
     ReplicaRow,
@@ -77,6 +78,7 @@ from sla_monitor.adapters.records import (
     TargetRecord,
     bucket_responses,
     carried_counts,
+    queues_of,
     response_histograms,
     state_counts,
 )
@@ -103,6 +105,7 @@ INGESTED = cast(Table, IngestedCountRow.__table__)
 REJECTED_COUNTS = cast(Table, RejectedCountRow.__table__)
 LEASES = cast(Table, LeaseRow.__table__)
 REPLICAS = cast(Table, ReplicaRow.__table__)
+QUEUES_SEEN = cast(Table, QueueSeenRow.__table__)
 DIRTY = cast(Table, DirtyContactRow.__table__)
 ARCHIVE_RUNS = cast(Table, ArchiveRunRow.__table__)
 HORIZONS = cast(Table, ArchiveHorizonRow.__table__)
@@ -513,6 +516,10 @@ class _Counters(_Role):
         seen = self._state_counts(CONTACTS_SEEN)
         return sorted((labels[0], labels[1], labels[2]) for labels, n in seen.items() if n > 0)
 
+    def queue_order(self) -> list[tuple[str, str]]:
+        q = select(QUEUES_SEEN.c.source, QUEUES_SEEN.c.queue).order_by(QUEUES_SEEN.c.seq)
+        return [(r[0], r[1]) for r in self.conn.execute(q)]
+
     def _state_counts(self, metric: str) -> Counter[tuple[str, ...]]:
         c = STATE_COUNTS.c
         q = select(c.labels, c.value).where(c.metric == metric)
@@ -619,6 +626,9 @@ class _State(_Role):
         insert_rows(self.conn, CONTACTS, CONTACT_FIELDS, contacts)
         insert_rows(self.conn, TARGETS, TARGET_FIELDS, targets)
         self._counted(contacts, targets, +1)
+        if queues := queues_of(contacts):  # in order, each queue a source has had once
+            stmt = self._insert(QUEUES_SEEN).on_conflict_do_nothing()
+            self.conn.execute(stmt, [{"source": s, "queue": q} for s, q in queues])
 
     def _counted(self, contacts: Sequence[Row], targets: Sequence[Row], sign: int) -> None:
         """Keep the counts beside the rows (start-up reads them, not the rows)."""

@@ -4,9 +4,10 @@ labels, and a scrape cost that does not grow with the number of open contacts)."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import operator
+from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -24,6 +25,26 @@ from sla_monitor.domain.timeutil import from_micros
 from sla_monitor.service_layer.monitor import Monitor
 
 OPEN_STATE_NAMES = [s.value for s in OPEN_STATES]
+
+
+K = TypeVar("K", bound=tuple[str, ...])
+V = TypeVar("V")
+Histo = tuple[list[tuple[str, float]], float]
+
+
+def _fold(rows: dict[K, V], renamed: dict[str, str], add: Callable[[V, V], V]) -> dict[K, V]:
+    """Series keyed (channel, queue, ...) with renamed queues merged into one."""
+    out: dict[Any, V] = {}
+    for key, value in rows.items():
+        if (label := renamed.get(key[1])) is not None:
+            key = cast(K, (key[0], label, *key[2:]))
+        out[key] = add(out[key], value) if key in out else value
+    return out
+
+
+def _add_histograms(a: Histo, b: Histo) -> Histo:
+    buckets = [(le, n + m) for (le, n), (_le, m) in zip(a[0], b[0], strict=True)]
+    return buckets, a[1] + b[1]
 
 
 class MonitorCollector(Collector):
@@ -51,6 +72,13 @@ class MonitorCollector(Collector):
 
     def _contacts(self, snap: dict[str, Any]) -> Iterator[Metric]:
         policy = self.monitor.policy
+        renamed: dict[str, str] = snap["queue_labels"]
+        if renamed:  # queues beyond their source's bound: one series under queue="other"
+            for name in ("opened", "outcomes", "open_counts", "unmatched", "repeats"):
+                snap[name] = _fold(snap[name], renamed, operator.add)
+            snap["responses"] = _fold(snap["responses"], renamed, _add_histograms)
+            snap["oldest"] = _fold(snap["oldest"], renamed, min)
+            snap["series"] = {(ch, renamed.get(q, q)) for ch, q in snap["series"]}
 
         opened = CounterMetricFamily(
             "sla_contacts_opened",
@@ -127,6 +155,16 @@ class MonitorCollector(Collector):
         for (ch, q), n in sorted(snap["repeats"].items()):
             repeats.add_metric([ch, q], n)
         yield repeats
+
+        folded = GaugeMetricFamily(
+            "sla_source_queues_folded",
+            "Queues of this source beyond its bound on queue label values (config "
+            'queue_labels), exported under queue="other".',
+            labels=["source"],
+        )
+        for name, n in sorted(snap["queues_folded"].items()):
+            folded.add_metric([name], n)
+        yield folded
 
         delay = HistogramMetricFamily(
             "sla_breach_detection_delay_seconds",

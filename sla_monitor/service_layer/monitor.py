@@ -36,6 +36,7 @@ from sla_monitor.adapters.records import (
     SourceState,
     decided_of,
     evaluation_rows,
+    queues_of,
 )
 from sla_monitor.config import Config
 from sla_monitor.domain.engine import (
@@ -51,6 +52,7 @@ from sla_monitor.service_layer.aggregates import Labels, TargetChange, diff
 from sla_monitor.service_layer.clock import Clock
 from sla_monitor.service_layer.deadlines import DeadlineIndex
 from sla_monitor.service_layer.live import LiveState, SourceHealth, response_buckets, resume
+from sla_monitor.service_layer.queue_labels import OTHER_QUEUE, QueueLabels
 from sla_monitor.service_layer.repeats import relink
 from sla_monitor.sources.abc import PollResult
 
@@ -166,6 +168,7 @@ class Monitor:
         self._in_doubt = False  # a COMMIT failed: it may have happened; re-read memory
         self._unsaved_polls: Counter[tuple[str, str]] = Counter()  # failures to count
         self.on_resync: Callable[[], None] | None = None  # after memory is re-read
+        self.queue_labels = QueueLabels(config)  # the bound on `queue` label values
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -177,14 +180,27 @@ class Monitor:
             sources = tx.sources.load()
             live, contacts = resume(self.live, tx, sources)
             pending = list(tx.state.pending_wakes())
+            labels = QueueLabels(self.config)
+            labels.learn_all(tx.counters.queue_order())
             for name, state in self.sources.items():  # declared, not stored yet
                 sources.setdefault(name, state)
             self.sources = sources
             self.live, self.deadlines = live, deadlines
+            self.queue_labels = labels
             for src, conv, wake_us, awaiting_us in pending:
                 ck = (sys.intern(src), conv)
                 self._schedule(contacts.get(ck, ck), wake_us, awaiting_us)
             del contacts
+        for source, n in sorted(labels.folded().items()):
+            if n:
+                log.warning(
+                    "source %s: %d queues beyond its %d queue labels are exported under "
+                    'queue="%s" (config: queue_labels)',
+                    source,
+                    n,
+                    labels.bound(source),
+                    OTHER_QUEUE,
+                )
         self.ready = True
 
     def declare(self, source: str, kind: str, channel: str | None, queues: Iterable[str]) -> None:
@@ -776,16 +792,16 @@ class Monitor:
         ]
         labels = Labels.of(old_contacts, old_targets)
         tx.state.delete(known)
-        tx.state.write(
-            *evaluation_rows(
-                evaluations,
-                labels.links,
-                labels.contacts,
-                labels.targets,
-                labels.unmatched,
-                labels.repeats_counted,
-            )
+        contact_rows, target_rows = evaluation_rows(
+            evaluations,
+            labels.links,
+            labels.contacts,
+            labels.targets,
+            labels.unmatched,
+            labels.repeats_counted,
         )
+        tx.state.write(contact_rows, target_rows)
+        self._defer(self._queues_seen, queues_of(contact_rows))
         # live aggregates (once committed): each old record's contribution out, the new in
         change = diff(evaluations, old_contacts, old_targets, labels)
         self._defer(change.apply, self.live)
@@ -795,6 +811,17 @@ class Monitor:
             self._defer(self._schedule, key, wake_us, awaiting_us)
         self._update_repeats(tx, evaluations, old_contacts)
         return len(evaluations)
+
+    def _queues_seen(self, seen: list[tuple[str, str]]) -> None:
+        for source, queue in self.queue_labels.learn_all(seen):
+            log.warning(
+                'source %s: queue "%s" is beyond its %d queue labels: exported under queue="%s" '
+                "(config: queue_labels)",
+                source,
+                queue,
+                self.queue_labels.bound(source),
+                OTHER_QUEUE,
+            )
 
     def _changed(self, change: TargetChange, now: datetime) -> None:
         ev, t, before = change.evaluation, change.result, change.before
@@ -868,6 +895,8 @@ class Monitor:
                 "sources": {k: SourceHealth(**vars(v)) for k, v in live.sources.items()},
                 "delay": (live.detection_delay.cumulative(), live.detection_delay.total),
                 "series": set(live.series),
+                "queue_labels": dict(self.queue_labels.renamed),
+                "queues_folded": self.queue_labels.folded(),
                 "now": self.clock.now(),
             }
 

@@ -150,3 +150,15 @@ def test_a_secret_written_in_clear_gets_plain_words(tmp_path: Path) -> None:
             "in the config",
         )
     ]
+
+
+def test_a_queue_label_bound_smaller_than_the_queues_it_must_keep_is_an_error(
+    tmp_path: Path,
+) -> None:
+    old = "    queues: []"
+    assert old in GOOD
+    text = GOOD.replace(old, "    queues: [billing]\n    queue_labels: {allow: [sales], max: 1}")
+    with pytest.raises(ConfigError, match=r"queue_labels.max is 1, but 2 queues .* raise max"):
+        load_config(write(tmp_path, text), validate_source_config)
+    fine = GOOD.replace(old, "    queues: [billing]\n    queue_labels: {allow: [sales], max: 2}")
+    load_config(write(tmp_path, fine), validate_source_config)

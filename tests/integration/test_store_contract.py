@@ -480,3 +480,25 @@ def test_kept_counts_always_equal_a_recount_of_the_records(
                 tx.counters.responses((1.0, 2.0))
         with store.read() as tx:
             assert kept(tx) == recounted(tx, keys, archived)
+
+
+def test_queues_are_kept_in_the_order_first_seen(store: Store) -> None:
+    """The bound on queue labels keeps the first queues a source had under their own label:
+    that order is stored, written with the contacts, and survives a replay's clear."""
+
+    def in_queue(conv: str, queue: str) -> list[Event]:
+        return [replace(e, queue=queue) for e in contact(conv)]
+
+    save(store, [*in_queue("A", "zeta"), *in_queue("B", "alpha")])
+    save(store, [*in_queue("C", "mid"), *in_queue("A", "zeta")])
+    with store.begin() as tx:
+        assert tx.counters.queue_order() == [("s", "zeta"), ("s", "alpha"), ("s", "mid")]
+        tx.state.clear()
+    save(store, [*in_queue("D", "new"), *in_queue("B", "alpha")])
+    with store.read() as tx:
+        assert tx.counters.queue_order() == [
+            ("s", "zeta"),
+            ("s", "alpha"),
+            ("s", "mid"),
+            ("s", "new"),
+        ]

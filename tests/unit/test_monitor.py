@@ -250,3 +250,89 @@ def test_metrics_tell_urgent_breaches_from_the_rest(shipped_config: Config) -> N
         'queue="billing",target="first_reply"} 1.0'
     ) in text
     assert 'sla_response_seconds_count{channel="email",priority="urgent"' in text  # its auto-ack
+
+
+def with_desk(config: Config, **queue_labels: object) -> Config:
+    """The config with one `desk` source bounded by these queue_labels settings."""
+    from dataclasses import replace
+
+    from sla_monitor.config import QueueLabelsConfig, SourceConfig
+
+    desk = SourceConfig(
+        name="desk", kind="jsonl", queue_labels=QueueLabelsConfig.model_validate(queue_labels)
+    )
+    return replace(config, settings=config.settings.model_copy(update={"sources": [desk]}))
+
+
+def exposition(m: Monitor) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sla_monitor.publishing.metrics import MonitorCollector
+
+    registry = CollectorRegistry()
+    registry.register(MonitorCollector(m))
+    text = generate_latest(registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def in_queues(*queues: str) -> PollResult:
+    events = [
+        ev("customer_message", T0, conv=q, source="desk", event_id=q, customer=q, queue=q)
+        for q in queues
+    ]
+    return PollResult(events, cursor=queues[-1], watermark=at(hours=2))
+
+
+def queue_values(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> set[str]:
+    return {dict(labels)["queue"] for _n, labels in samples if "queue" in dict(labels)}
+
+
+def opened(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], queue: str) -> float:
+    return sum(
+        v
+        for (n, labels), v in samples.items()
+        if n == "sla_contacts_opened_total" and dict(labels)["queue"] == queue
+    )
+
+
+def test_queue_label_values_are_bounded_per_source(shipped_config: Config) -> None:
+    """Queue names come from source data (helpdesk groups, inboxes): past a source's bound,
+    its further queues share one queue="other" series, counted; the first ones keep their
+    label across a restart (the order is stored), and nothing is lost from the totals."""
+    from sla_monitor.adapters.memory import MemoryStore
+
+    store = MemoryStore()
+    config = with_desk(shipped_config, max=2)
+    m = make_monitor(store, config)
+    for queue in ("zeta", "alpha", "mid", "beta"):  # first seen in this order
+        m.apply_poll("desk", "jsonl", in_queues(queue), 0)
+    samples = exposition(m)
+    assert queue_values(samples) == {"zeta", "alpha", "other"}
+    assert opened(samples, "other") == 2 and opened(samples, "zeta") == 1
+    assert samples[("sla_source_queues_folded", (("source", "desk"),))] == 2
+    restarted = make_monitor(store, config)
+    restarted.apply_poll("desk", "jsonl", in_queues("aardvark"), 0)
+    samples = exposition(restarted)
+    assert queue_values(samples) == {"zeta", "alpha", "other"}
+    assert opened(samples, "other") == 3
+    assert samples[("sla_source_queues_folded", (("source", "desk"),))] == 3
+    # an allow-list: only those, whatever came first
+    allowed = make_monitor(store, with_desk(shipped_config, allow=["mid"]))
+    samples = exposition(allowed)
+    assert queue_values(samples) == {"mid", "other"}
+    assert opened(samples, "other") == 4 and opened(samples, "mid") == 1
+    assert samples[("sla_source_queues_folded", (("source", "desk"),))] == 4
+
+
+def test_the_default_bound_leaves_a_usual_desk_alone(store: Store, shipped_config: Config) -> None:
+    m = make_monitor(store, with_desk(shipped_config))
+    queues = [f"group-{i:03d}" for i in range(101)]
+    m.apply_poll("desk", "jsonl", in_queues(*queues), 0)
+    samples = exposition(m)
+    assert queue_values(samples) == {*queues[:100], "other"}
+    assert samples[("sla_source_queues_folded", (("source", "desk"),))] == 1
