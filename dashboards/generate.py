@@ -16,7 +16,7 @@ HERE = Path(__file__).resolve().parent
 DS = {"type": "prometheus", "uid": "${datasource}"}
 F = 'channel=~"$channel",queue=~"$queue",priority=~"$priority"'  # outcome/opened filters
 G = 'channel=~"$channel",queue=~"$queue"'  # gauges and histograms (no priority label)
-RUNBOOKS = "https://github.com/sla-monitor/sla-monitor/blob/main/docs/runbooks"
+RUNBOOKS = "http://localhost:9799/runbooks"
 
 
 def variable(name: str, query: str, label: str) -> dict[str, Any]:

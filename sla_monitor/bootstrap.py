@@ -57,6 +57,7 @@ def build_app(
             alerting.timeout.total_seconds(),
             severities=config.policy.severities,
             client_options=alerting.client_options(Path(config.path).parent),
+            runbooks_url=config.settings.runbooks_url(listen),
         )
     # in a cluster, the leader creates its pager when it takes over
     alerts = make_pager() if make_pager and not cluster.enabled else None

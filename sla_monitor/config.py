@@ -391,6 +391,9 @@ class LimitsConfig(_Model):
 class Settings(_Model):
     database: DatabaseConfig | str = DatabaseConfig()
     listen: str = DEFAULT_LISTEN
+    # where people reach the monitor (as Prometheus's --web.external-url): alerts link to
+    # <external_url>/runbooks/<alert>; default http://localhost:<listen port>/
+    external_url: str | None = None
     # TLS and basic auth for /metrics (exporter-toolkit's web-config.yml format)
     web_config_file: str | None = None
     alerting: AlertingConfig = AlertingConfig()
@@ -405,6 +408,18 @@ class Settings(_Model):
     def _listen(cls, v: str) -> str:
         parse_listen(v)
         return v
+
+    @field_validator("external_url")
+    @classmethod
+    def _external_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
+            raise ValueError(f"external_url must be an http(s) URL, got {v!r}")
+        return v
+
+    def runbooks_url(self, listen: str | None = None) -> str:
+        """Where the runbooks are served: <external_url>/runbooks."""
+        base = self.external_url or f"http://localhost:{parse_listen(listen or self.listen)[1]}/"
+        return base.rstrip("/") + "/runbooks"
 
 
 def parse_listen(v: str) -> tuple[str, int]:

@@ -15,6 +15,7 @@ import ssl
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.resources import files
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,6 +24,15 @@ from prometheus_client.exposition import choose_encoder
 
 from sla_monitor.config import parse_listen
 from sla_monitor.entrypoints.webconfig import WebConfig, load_web_config
+
+
+def runbook(name: str) -> bytes | None:
+    """A runbook shipped with the package (sla_monitor/runbooks/NAME.md), if there is one."""
+    if not name.replace("_", "").isalnum():  # a bare page name: no path of any kind
+        return None
+    page = files("sla_monitor").joinpath("runbooks", f"{name}.md")
+    return page.read_bytes() if page.is_file() else None
+
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +125,21 @@ def serve(
             elif url.path == "/readyz":
                 ok, why = ready()
                 self._send(200 if ok else 503, (why + "\n").encode(), body)
+            elif url.path == "/runbooks" or url.path.startswith("/runbooks/"):
+                self._runbook(url.path.removeprefix("/runbooks").strip("/"), body)
             elif url.path == "/":
-                self._send(200, b"sla-monitor: see /metrics, /healthz, /readyz\n", body)
+                self._send(200, b"sla-monitor: see /metrics, /healthz, /readyz, /runbooks\n", body)
             else:
                 self._send(404, b"not found\n", body)
+
+        def _runbook(self, name: str, body: bool) -> None:
+            """The runbooks of the running version (every alert's `runbook_url`), as the
+            Markdown they are written in: readable as plain text."""
+            page = runbook(name.removesuffix(".md") or "README")
+            if page is None:
+                self._send(404, b"no such runbook: see /runbooks\n", body)
+                return
+            self._send(200, page, body)
 
         def _metrics(self, params: dict[str, list[str]], body: bool) -> None:
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))

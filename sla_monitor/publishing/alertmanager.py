@@ -139,8 +139,10 @@ class AlertmanagerPublisher:
         severities: Callable[[str | None, str], tuple[str, str]] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         client_options: dict[str, Any] | None = None,
+        runbooks_url: str | None = None,
     ) -> None:
         self.urls = [u.rstrip("/") for u in urls]
+        self.runbooks_url = runbooks_url  # <external_url>/runbooks: served by the monitor
         self.clock = clock
         self.contact_urls = contact_urls
         self.resend_interval = resend_interval
@@ -278,6 +280,8 @@ class AlertmanagerPublisher:
         link = self._link(f)
         if link:
             annotations["link"] = link
+        if self.runbooks_url:
+            annotations["runbook_url"] = f"{self.runbooks_url}/{name}"
         real_now = self.clock.to_real(now)
         starts = self.clock.to_real(f.deadline) if f.deadline and name == LAPSED else real_now
         payload: dict[str, Any] = {

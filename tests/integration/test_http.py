@@ -85,3 +85,16 @@ def test_an_idle_connection_is_dropped(server: BoundedServer) -> None:
         assert s.recv(100) == b""  # the server gave up on it (after its 0.5 s timeout)
     finally:
         s.close()
+
+
+def test_the_runbooks_every_alert_links_to_are_served(server: BoundedServer) -> None:
+    """Each alert's `runbook_url` is <external_url>/runbooks/<alert>: the running version's
+    own page, whatever the deployment (no repository URL to go stale)."""
+    response, body = get(server, "/runbooks/SLASourceDown")
+    assert response.status == 200 and body.startswith(b"# SLASourceDown")
+    assert response.getheader("Content-Type") == "text/plain; charset=utf-8"
+    assert get(server, "/runbooks/AcknowledgementLapsed.md")[1].startswith(b"# ")
+    index = get(server, "/runbooks/")[1]
+    assert b"AcknowledgementLapsed" in index and b"SLAMonitorAbsent" in index
+    for bad in ("/runbooks/NoSuchAlert", "/runbooks/..%2Fconfig", "/runbooks/../__init__"):
+        assert get(server, bad)[0].status == 404, bad

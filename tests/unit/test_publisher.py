@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from sla_monitor.adapters.records import AlertingTarget
+from sla_monitor.config import Config
 from sla_monitor.domain.engine import evaluate_contact
 from sla_monitor.domain.timeutil import to_micros
 from sla_monitor.publishing.alertmanager import LAPSED, AlertmanagerPublisher
@@ -106,3 +107,29 @@ def test_after_an_outage_everything_goes_again() -> None:
     assert pub.flush()
     sent = {a["labels"]["contact"] for a in rec.posts[-1]}
     assert len(sent) == 21 and all(a["labels"]["alertname"] == LAPSED for a in rec.posts[-1])
+
+
+def test_each_page_links_to_its_runbook_on_the_monitor() -> None:
+    rec = Recorder()
+    pub = AlertmanagerPublisher(
+        [URL],
+        FixedClock(T0 + timedelta(hours=2)),
+        {},
+        transport=httpx.MockTransport(rec),
+        runbooks_url="https://sla.example.com/runbooks",
+    )
+    pub.load([breached(1), breached(2, "at_risk")])
+    assert pub.flush()
+    links = {a["labels"]["alertname"]: a["annotations"]["runbook_url"] for a in rec.posts[-1]}
+    assert links == {
+        "AcknowledgementLapsed": "https://sla.example.com/runbooks/AcknowledgementLapsed",
+        "AcknowledgementAtRisk": "https://sla.example.com/runbooks/AcknowledgementAtRisk",
+    }
+
+
+def test_runbooks_default_to_the_monitors_own_address(shipped_config: Config) -> None:
+    s = shipped_config.settings
+    assert s.runbooks_url() == "http://localhost:9799/runbooks"
+    assert s.runbooks_url("0.0.0.0:8080") == "http://localhost:8080/runbooks"
+    other = s.model_copy(update={"external_url": "https://sla.example.com/monitor/"})
+    assert other.runbooks_url() == "https://sla.example.com/monitor/runbooks"
