@@ -609,11 +609,9 @@ def main(argv: list[str] | None = None) -> int:
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     logging.basicConfig(level=getattr(logging, args.log_level), handlers=[handler])
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin otherwise
-    for chatty in ("httpx", "httpcore"):  # a line per request (every Alertmanager re-send)
-        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.root.level))
     debug = args.log_level == "DEBUG"
+    if not debug:  # libraries speak at WARNING and above (httpx: a line per Alertmanager
+        handler.addFilter(_ours_or_warning)  # re-send; alembic: a line per plugin; ...)
     try:
         if args.func is cmd_due:  # the others read them against their database (_open)
             _instants(args, datetime.now(UTC))
@@ -637,6 +635,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"sla-monitor {args.command}: {_plain(exc)}", file=sys.stderr)
         return 1
+
+
+def _ours_or_warning(record: logging.LogRecord) -> bool:
+    return record.name.startswith("sla_monitor") or record.levelno >= logging.WARNING
 
 
 class JsonFormatter(logging.Formatter):

@@ -110,6 +110,9 @@ class Runtime:
     leader: bool = False
     _wake_at: datetime | None = None
     _wake_lock: threading.Lock = field(default_factory=threading.Lock)
+    # sources down: (why, since when, failed polls): logged as they go down, change reason
+    # and come back, not at every retry
+    _down: dict[str, tuple[str, float, int]] = field(default_factory=dict)
 
     # -- jobs ----------------------------------------------------------------------------
 
@@ -144,6 +147,14 @@ class Runtime:
             self._poll_again(name, self._backoff(cfg, 1))
             return
         self.polled.add(name)
+        if name in self._down:
+            _why, since, failed = self._down.pop(name)
+            log.info(
+                "source %s is up again after %d failed polls (down %.0fs)",
+                name,
+                failed,
+                time.monotonic() - since,
+            )
         if summary.new or summary.rejected:
             log.debug(
                 "source %s: %d new events, %d rejected, %d contacts evaluated",
@@ -168,20 +179,21 @@ class Runtime:
             delay = max(AUTH_RETRY, cfg.interval.total_seconds())  # a person must fix it
         else:
             delay = self._backoff(cfg, failures)
-        if isinstance(exc, SourceError):
-            level = (
-                logging.ERROR if failures == 1 or isinstance(exc, AuthFailed) else logging.WARNING
-            )
-            log.log(
-                level,
-                "poll of source %s failed (%s): %s; next try in %.0fs",
+        why = f"{result}: {exc}" if isinstance(exc, SourceError) else repr(exc)
+        previous = self._down.get(name)
+        self._down[name] = (why, previous[1] if previous else time.monotonic(), failures)
+        if previous is None:  # down: say why, once (a bug in a connector: with its traceback)
+            log.error(
+                "source %s is down: poll failed (%s); retrying in %.0fs, backing off",
                 name,
-                result,
-                exc,
+                why,
                 delay,
+                exc_info=not isinstance(exc, SourceError) or log.isEnabledFor(logging.DEBUG),
             )
+        elif previous[0] != why:
+            log.warning("source %s is still down, now: %s (%d failed polls)", name, why, failures)
         else:
-            log.exception("poll of source %s failed; next try in %.0fs", name, delay)
+            log.debug("source %s: poll failed again (%s); next try in %.0fs", name, why, delay)
         self._poll_again(name, delay)
 
     @staticmethod

@@ -162,6 +162,9 @@ def test_json_logs_for_containers(tmp_path: Path, busy_port: int) -> None:
     logged = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     assert logged and all({"time", "level", "logger", "message"} <= set(e) for e in logged)
     assert any("60x faster" in e["message"] for e in logged)  # the demo clock's notice
+    # libraries (migrations, the scheduler, HTTP clients) speak only to warn
+    chatter = [e for e in logged if not e["logger"].startswith("sla_monitor")]
+    assert all(e["level"] in ("warning", "error", "critical") for e in chatter), chatter
 
 
 def with_sources(tmp_path: Path, sources: str) -> Path:
