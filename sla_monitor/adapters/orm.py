@@ -49,6 +49,8 @@ class EventRow(Base):
     tags: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str | None] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(String(200))
+    agent: Mapped[str | None] = mapped_column(String(200))  # 0013: who wrote or took it
+    team: Mapped[str | None] = mapped_column(String(200))
     ingested_us: Mapped[int] = mapped_column(BigInteger)
 
 

@@ -143,6 +143,8 @@ EVENT_ROW_COLUMNS = (
     "tags",
     "status",
     "reason",
+    "agent",
+    "team",
     "ingested_us",
 )
 
@@ -163,6 +165,8 @@ def event_tuple(e: Event, ingested_us: int) -> tuple[Any, ...]:
         json.dumps(sorted(e.tags)) if e.tags else None,
         e.status.value if e.status else None,
         e.reason,
+        e.agent,
+        e.team,
         ingested_us,
     )
 
@@ -188,6 +192,8 @@ _EVENT_COLUMNS = (
     EVENTS.c.tags,
     EVENTS.c.status,
     EVENTS.c.reason,
+    EVENTS.c.agent,
+    EVENTS.c.team,
 )
 _CONTACT_SELECT = tuple(CONTACTS.c[f] for f in CONTACT_FIELDS)
 _TARGET_SELECT = tuple(TARGETS.c[f] for f in TARGET_FIELDS)
@@ -208,6 +214,8 @@ def _row_event(r: Sequence[Any]) -> Event:
         tags=frozenset(json.loads(r[10])) if r[10] else frozenset(),
         status=STATUS_BY_VALUE[r[11]] if r[11] else None,
         reason=r[12],
+        agent=r[13],
+        team=r[14],
     )
 
 

@@ -79,6 +79,8 @@ class TargetResult:
     within: timedelta
     lapse_severity: str = "page"  # how a lapse is raised: page | ticket | none
     risk_severity: str = "warning"  # how its warning point is raised: warning | ticket | none
+    answered_by: str | None = None  # the agent whose event fulfilled it, where known
+    answered_team: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class _Clock:
     start: datetime
     end: datetime | None = None
     end_kind: str | None = None  # fulfilled | stopped | abandoned
+    by: tuple[str | None, str | None] = (None, None)  # (agent, team) of the fulfilling event
 
 
 @dataclass
@@ -239,7 +242,10 @@ def _walk(events: Sequence[Event], timeline: Sequence[_Segment]) -> _Walk:
             EventKind.CALL_ANSWERED,
             EventKind.CALLBACK_REQUESTED,
         ):
-            end(t, "fulfilled", [n for n, c in w.running.items() if e.kind in c.spec.fulfilments])
+            fulfilled = [n for n, c in w.running.items() if e.kind in c.spec.fulfilments]
+            for n in fulfilled:
+                w.running[n].by = (e.agent, e.team)
+            end(t, "fulfilled", fulfilled)
             if e.kind is EventKind.CALLBACK_REQUESTED and TargetName.ANSWER in w.running:
                 # the caller left the queue for a callback: the wait ends with the call,
                 # judged by time (breached if the deadline had passed, else cancelled)
@@ -373,6 +379,7 @@ def _judge(
             spec.within,
             spec.lapse_severity,
             spec.risk_severity,
+            *(c.by if c.end_kind == "fulfilled" else (None, None)),
         )
     if deadline is None:
         state = TargetState.PAUSED

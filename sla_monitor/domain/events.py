@@ -84,6 +84,10 @@ class Event:
     tags: frozenset[str] = field(default_factory=frozenset)
     status: Status | None = None
     reason: str | None = None  # e.g. why a call was abandoned (EXITWITHTIMEOUT, ...)
+    # who on the team wrote or took it, where the source knows: for reports per person,
+    # never a metric label; not part of the fact (a re-read naming them is no conflict)
+    agent: str | None = field(default=None, compare=False)
+    team: str | None = field(default=None, compare=False)
 
     @property
     def contact_key(self) -> ContactKey:
@@ -106,7 +110,7 @@ class Event:
             "channel": self.channel.value,
             "queue": self.queue,
         }
-        for name in ("customer_id", "priority", "tier", "reason"):
+        for name in ("customer_id", "priority", "tier", "reason", "agent", "team"):
             value = getattr(self, name)
             if value is not None:
                 d[name] = value
@@ -119,7 +123,11 @@ class Event:
 
 _REQUIRED = ("event_id", "conversation_id", "kind", "occurred_at", "channel", "queue")
 _KNOWN = frozenset(
-    (*_REQUIRED, "source", "customer_id", "priority", "tier", "tags", "status", "reason")
+    (
+        *_REQUIRED,
+        *("source", "customer_id", "priority", "tier", "tags", "status", "reason"),
+        *("agent", "team"),
+    )
 )
 
 
@@ -212,6 +220,8 @@ def event_from_dict(raw: Mapping[str, Any], source: str | None = None) -> Event:
         tags=frozenset(tags_raw),
         status=status,
         reason=_text(raw, "reason", False),
+        agent=_text(raw, "agent", False),
+        team=_text(raw, "team", False),
     )
 
 

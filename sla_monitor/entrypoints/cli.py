@@ -290,10 +290,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         args.from_,
         args.to_,
         _progress("report") if sys.stderr.isatty() else None,
+        args.by,
     )
     store.close()
     if args.format == "json":
         print(json.dumps(result, indent=2))
+    elif args.format == "csv":
+        sys.stdout.write(render.report_csv(result))
     else:
         print(render.report(result, args.zone))
     return 0
@@ -543,7 +546,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--to", dest="to_", metavar=INSTANT, help="targets started before")
     rep.add_argument("--as-of", metavar=INSTANT, help="evaluate as of this instant (default: now)")
     rep.add_argument(
-        "--format", choices=["text", "json"], default="text", help="output (default: text)"
+        "--by",
+        choices=["agent", "team"],
+        help="also per person or team: the targets they answered, met %% and response times",
+    )
+    rep.add_argument(
+        "--format",
+        choices=["text", "json", "csv"],
+        default="text",
+        help="output (default: text; csv: one row per channel, queue and target, or per "
+        "person or team with --by)",
     )
     rep.set_defaults(func=cmd_report)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
@@ -136,12 +138,64 @@ def report(r: dict[str, Any], tz: tzinfo = UTC) -> str:
             + " were moved out by `sla-monitor archive` and are not counted here; ingest the "
             "archive files into a separate database to report on that period.",
         ]
+    if r.get("by"):
+        lines += [
+            "",
+            f"Per {r['by']} (targets they answered; automatic acknowledgements excluded):",
+        ]
+        people = [(r["by"], "answered", "met", "late", "met %", "p50", "p90")]
+        for p in r["people"]:
+            rs = p["response_seconds"] or {}
+            people.append(
+                (
+                    p[r["by"]],
+                    str(p["answered"]),
+                    str(p["met"]),
+                    str(p["late"]),
+                    f"{p['met_ratio'] * 100:.1f}%",
+                    *(_secs(rs.get(q)) for q in ("p50", "p90")),
+                )
+            )
+        widths = [max(len(cells[i]) for cells in people) for i in range(len(people[0]))]
+        for cells in people:
+            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)))
     if r["service_level"]:
         lines += ["", "Phone service level:"]
         for s in r["service_level"]:
             value = f"{s['value'] * 100:.1f}%" if s["value"] is not None else "-"
             lines.append(f"  {s['queue']:<20} {value}  ({s['formula']})")
     return "\n".join(lines)
+
+
+def _secs(value: float | None) -> str:
+    return format_duration(timedelta(seconds=round(value))) if value is not None else "-"
+
+
+REPORT_COLUMNS = (
+    *("channel", "queue", "target", "met", "breached", "late", "never_answered"),
+    *("cancelled", "abandoned", "abandoned_short", "open", "compliance"),
+)
+
+
+def report_csv(r: dict[str, Any]) -> str:
+    """`report --format csv`: a row per channel, queue and target (with `--by`: per person
+    or team), response times in seconds; for a spreadsheet."""
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    times = ("p50_seconds", "p90_seconds", "p99_seconds")
+    if r.get("by"):
+        w.writerow((r["by"], "answered", "met", "late", "met_ratio", *times))
+        for p in r["people"]:
+            rs = p["response_seconds"] or {}
+            counts = [p[r["by"]], p["answered"], p["met"], p["late"], p["met_ratio"]]
+            w.writerow([*counts, *(rs.get(q, "") for q in ("p50", "p90", "p99"))])
+        return out.getvalue()
+    w.writerow((*REPORT_COLUMNS, *times))
+    for t in r["targets"]:
+        rs = t["response_seconds"] or {}
+        cells = ["" if t[c] is None else t[c] for c in REPORT_COLUMNS]
+        w.writerow([*cells, *(rs.get(q, "") for q in ("p50", "p90", "p99"))])
+    return out.getvalue()
 
 
 def explanation(result: dict[str, Any], tz: tzinfo = UTC) -> str:
@@ -167,6 +221,8 @@ def explanation(result: dict[str, Any], tz: tzinfo = UTC) -> str:
     out += ["", "Timeline:"]
     for e in result["events"]:
         extra = e.get("status") or e.get("priority") or e.get("reason") or ""
+        if e.get("agent"):
+            extra = f"{extra} by {e['agent']}".strip()
         out.append(f"  {when(e['occurred_at'], tz)}  {e['kind']:<18} {extra}")
     out += ["", "Targets:"]
     for t in result["targets"]:
@@ -175,6 +231,9 @@ def explanation(result: dict[str, Any], tz: tzinfo = UTC) -> str:
             if t["response_seconds"] is not None
             else ""
         )
+        if t.get("answered_by") or t.get("answered_team"):
+            team = f" ({t['answered_team']})" if t.get("answered_team") else ""
+            resp += f" by {t.get('answered_by') or 'the team'}{team}"
         out.append(
             f"  {t['target']}#{t['seq']}: {t['state'].upper()}  within "
             f"{format_duration(timedelta(seconds=t['within']))} ({t['clock']} clock), started "

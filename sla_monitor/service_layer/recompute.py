@@ -32,6 +32,7 @@ from sla_monitor.domain.engine import (
     read_until,
 )
 from sla_monitor.domain.events import ContactKey, Event
+from sla_monitor.domain.policy import TargetName
 from sla_monitor.domain.timeutil import from_micros, iso, to_micros
 from sla_monitor.service_layer.live import response_buckets
 
@@ -227,8 +228,10 @@ def report(
     start: datetime | None,
     end: datetime | None,
     progress: Progress | None = None,
+    by: str | None = None,
 ) -> dict[str, Any]:
-    """Compliance per channel, queue and target for targets started in [start, end)."""
+    """Compliance per channel, queue and target for targets started in [start, end); with
+    `by` ("agent" or "team"), also per person or team for the targets they answered."""
     s_us = to_micros(start) if start else None
     e_us = to_micros(end) if end else None
 
@@ -243,6 +246,7 @@ def report(
     opened: dict[tuple[str, str], int] = defaultdict(int)
     labels: dict[ContactKey, tuple[str, str]] = {}
     summaries: list[ContactSummary] = []
+    people: dict[str, dict[str, Any]] = {}
     for ev in _evaluations(store, config, as_of, progress, keep_decided=True):
         a = ev.attributes
         ch, q = a.channel.value, a.queue
@@ -257,6 +261,13 @@ def report(
             outcomes[key][t.outcome.value if t.outcome else f"open_{t.state.value}"] += 1
             if t.response_seconds is not None:
                 responses[key].append(t.response_seconds)
+            if t.outcome is Outcome.BREACHED:  # answered late, or never (so far)
+                outcomes[key]["late" if t.response_seconds is not None else "never_answered"] += 1
+            if by and t.response_seconds is not None and t.target is not TargetName.AUTO_ACK:
+                who = (t.answered_by if by == "agent" else t.answered_team) or UNKNOWN_PERSON
+                person = people.setdefault(who, {"met": 0, "late": 0, "times": []})
+                person["met" if t.outcome is Outcome.MET else "late"] += 1
+                person["times"].append(t.response_seconds)
     repeats: dict[tuple[str, str], int] = defaultdict(int)
     links = find_repeats(summaries, config.policy.repeat_window)
     by_key = {s.key: s for s in summaries}
@@ -276,15 +287,11 @@ def report(
             "target": tg,
             **{o.value: counts.get(o.value, 0) for o in Outcome},
             "open": sum(v for k, v in counts.items() if k.startswith("open_")),
+            "late": counts.get("late", 0),
+            "never_answered": counts.get("never_answered", 0),
             "compliance": round(met / (met + breached), 4) if met + breached else None,
         }
-        values = sorted(responses.get((ch, q, tg), []))
-        row["response_seconds"] = (
-            {f"p{p}": round(_percentile(values, p), 3) for p in (50, 90, 99)}
-            | {"max": round(values[-1], 3), "count": len(values)}
-            if values
-            else None
-        )
+        row["response_seconds"] = _percentiles(sorted(responses.get((ch, q, tg), [])))
         rows.append(row)
     service_level = []
     denominator = SERVICE_LEVEL_DENOMINATORS[config.service_level_formula]
@@ -305,7 +312,21 @@ def report(
     ]
     with store.begin() as tx:
         horizons = tx.archive.horizons()
-    return {
+    result: dict[str, Any] = {}
+    if by:
+        result["by"] = by
+        result["people"] = [
+            {
+                by: who,
+                "answered": p["met"] + p["late"],
+                "met": p["met"],
+                "late": p["late"],
+                "met_ratio": round(p["met"] / (p["met"] + p["late"]), 4),
+                "response_seconds": _percentiles(sorted(p["times"])),
+            }
+            for who, p in sorted(people.items(), key=lambda kv: (kv[0] == UNKNOWN_PERSON, kv[0]))
+        ]
+    return result | {
         "as_of": iso(as_of),
         "from": iso(start) if start else None,
         "to": iso(end) if end else None,
@@ -316,6 +337,17 @@ def report(
         "repeat_contacts": repeat_list,
         "service_level": service_level,
     }
+
+
+UNKNOWN_PERSON = "(not named by the source)"
+
+
+def _percentiles(values: list[float]) -> dict[str, float] | None:
+    """p50, p90, p99, max and count of sorted response times (None if there are none)."""
+    if not values:
+        return None
+    out = {f"p{p}": round(_percentile(values, p), 3) for p in (50, 90, 99)}
+    return out | {"max": round(values[-1], 3), "count": len(values)}
 
 
 def explain(
@@ -367,6 +399,8 @@ def explain(
                 "outcome": t.outcome.value if t.outcome else None,
                 "ended_at": iso(t.ended_at) if t.ended_at else None,
                 "response_seconds": t.response_seconds,
+                "answered_by": t.answered_by,
+                "answered_team": t.answered_team,
                 "remaining_seconds": t.remaining.total_seconds()
                 if t.remaining is not None
                 else None,

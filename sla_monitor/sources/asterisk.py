@@ -48,7 +48,7 @@ def parse_queue_log_line(text: str, source: str, where: str) -> Event | Rejected
         return Rejected(
             "malformed", f"{where}: expected epoch|uniqueid|queue|agent|event|...", text
         )
-    epoch, uniqueid, queue, _agent, name, *data = parts
+    epoch, uniqueid, queue, agent, name, *data = parts
     kind = KINDS.get(name)
     if kind is None or queue in ("", "NONE"):
         return None
@@ -70,6 +70,8 @@ def parse_queue_log_line(text: str, source: str, where: str) -> Event | Rejected
         customer_id=caller,
         status=Status.CLOSED if kind is EventKind.STATUS_CHANGED else None,
         reason=name if kind is EventKind.CALL_ABANDONED else None,
+        # the member who took the call (its interface or name, e.g. PJSIP/1001 or Alice)
+        agent=agent if kind is EventKind.CALL_ANSWERED and agent not in ("", "NONE") else None,
     )
 
 

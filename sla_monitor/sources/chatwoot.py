@@ -186,6 +186,7 @@ class ChatwootSource:
             queue=queue,
             customer_id=customer,
             status=status,
+            agent=_sender_name(msg) if kind is EventKind.AGENT_REPLY else None,
         )
 
     def poll(self, cursor: str | None, now: datetime) -> PollResult:
@@ -283,3 +284,13 @@ class ChatwootSource:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _sender_name(msg: dict[str, Any]) -> str | None:
+    """The agent who wrote a message (its `sender`, a User), by name."""
+    sender = msg.get("sender")
+    if isinstance(sender, dict):
+        name = sender.get("available_name") or sender.get("name")
+        if name:
+            return str(name)
+    return f"user {msg['sender_id']}" if msg.get("sender_id") is not None else None

@@ -221,6 +221,8 @@ class ImapSource:
             channel=Channel.EMAIL,
             queue=self.options.queue,
             customer_id=customer,
+            # who on the team replied: the From display name, else the team address
+            agent=(senders[0][0].strip() or sender) if kind is EventKind.AGENT_REPLY else None,
         )
 
     def _bounce(

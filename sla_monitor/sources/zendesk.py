@@ -132,6 +132,7 @@ class ZendeskSource:
         self.name = ctx.name
         self.options = options
         self.base = options.url()
+        self.names: OrderedDict[str, str] = OrderedDict()  # agents' names, by user id
         token = options.token.read()
         self.client = JsonClient(
             timeout=options.timeout,
@@ -219,7 +220,7 @@ class ZendeskSource:
                 if by_rule or (author and int(author) in self.automation_users):
                     emit(c, EventKind.AUTO_REPLY)
                 elif role in AGENT_ROLES:
-                    emit(c, EventKind.AGENT_REPLY)
+                    emit(c, EventKind.AGENT_REPLY, agent=self._agent_name(author))
                 elif role == "end-user":  # the requester, or a colleague CC'd on the ticket
                     if requester is None:
                         ticket["requester"] = requester = author
@@ -302,7 +303,14 @@ class ZendeskSource:
                 and (c.get("event_type") or c.get("type")) == "Comment"
                 and c.get("public", True)
                 and c.get("author_id") is not None
-                and str(c["author_id"]) not in roles
+                # roles are kept in the cursor, names only here: look an agent up again
+                and (
+                    str(c["author_id"]) not in roles
+                    or (
+                        roles[str(c["author_id"])] in AGENT_ROLES
+                        and str(c["author_id"]) not in self.names
+                    )
+                )
             }
         )
         for i in range(0, len(wanted), 100):
@@ -316,6 +324,16 @@ class ZendeskSource:
             for u in users:
                 if isinstance(u, dict) and u.get("id") is not None and u.get("role"):
                     roles[str(u["id"])] = str(u["role"])
+                    if u["role"] in AGENT_ROLES and u.get("name"):  # for reports per person
+                        self.names[str(u["id"])] = str(u["name"])
+                        while len(self.names) > MAX_USERS:
+                            self.names.popitem(last=False)
+
+    def _agent_name(self, author: str | None) -> str | None:
+        """The agent's name where looked up in this process, else their user id."""
+        if author is None:
+            return None
+        return self.names.get(author) or f"user {author}"
 
     def close(self) -> None:
         self.client.close()

@@ -55,6 +55,7 @@ def test_maps_events_and_keeps_the_caller_and_reason(tmp_path: Path) -> None:
         ("1.2", EventKind.CALL_ABANDONED, "EXITWITHTIMEOUT"),
     ]
     assert r.events[0].customer_id == "+441234" and r.events[0].queue == "support"
+    assert [e.agent for e in r.events] == [None, "SIP/agent1", None, None, None]  # who took it
     assert [x.reason for x in r.rejected] == ["malformed"]
     assert r.rejected[0].detail.startswith(f"{log}:8:")
 

@@ -57,7 +57,12 @@ def msg(
         "additional_attributes": kw.pop("additional_attributes", {}),
         "sender_type": sender_type,
         "sender_id": 1,
-        "sender": {"id": 1, "type": (sender_type or "").lower()},
+        "sender": {"id": 1, "type": (sender_type or "").lower()}
+        | (  # an agent, as Chatwoot's push_event_data gives one
+            {"name": "Priya Natarajan", "available_name": "Priya", "thumbnail": ""}
+            if sender_type == "User"
+            else {}
+        ),
     }
 
 
@@ -199,6 +204,8 @@ def test_conversations_end_to_end(tmp_path: Path, shipped_config: Config) -> Non
         "122": ("auto_reply", "email", "support@acme.test"),
         "123": ("agent_reply", "email", "support@acme.test"),
     }
+    agents = {e.event_id: e.agent for e in first.events if e.agent}
+    assert agents == {"104": "Priya", "123": "Priya"}  # who replied: for reports per person
     assert again.events == []  # nothing after the last message ids
     assert first.skipped == {"auto_reply": 1, "bounce": 1}  # neither is a customer asking
     assert next(e for e in first.events if e.event_id == "121").customer_id == "eve@example.com"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import random
 import re
@@ -288,3 +290,92 @@ def test_replay_refuses_a_worker_count_below_one(
     db = f"sqlite:///{tmp_path / 'w.db'}"
     assert main(["replay", *CFG, "--db", db, "--workers", "0"]) == 2
     assert "--workers must be at least 1" in capsys.readouterr().err
+
+
+def attributed_history(tmp_path: Path) -> Path:
+    """Five e-mails and a call on one Monday, with who answered each (where known)."""
+
+    def e(conv: str, n: int, kind: str, at: str, **extra: str) -> str:
+        channel = "phone" if conv == "P" else "email"
+        queue = "support-line" if conv == "P" else "billing"
+        return json.dumps(
+            {
+                **{"source": "desk", "event_id": f"{conv}{n}", "conversation_id": conv},
+                **{"kind": kind, "occurred_at": f"2026-11-02T{at}Z", "channel": channel},
+                **{"queue": queue, "customer_id": f"cust-{conv}"},
+                **extra,
+            }
+        )
+
+    lines = [
+        e("E1", 1, "customer_message", "09:00:00"),
+        e("E1", 2, "auto_reply", "09:00:30"),
+        e("E1", 3, "agent_reply", "09:20:00", agent="Dana", team="billing"),  # 20 min: met
+        e("E2", 1, "customer_message", "10:00:00"),
+        e("E2", 2, "agent_reply", "10:40:00", agent="Dana", team="billing"),  # 40 min: met
+        e("E3", 1, "customer_message", "11:00:00"),
+        e("E3", 2, "agent_reply", "12:30:00", agent="Lee", team="tier2"),  # 90 min: late
+        e("E4", 1, "customer_message", "13:00:00"),
+        e("E4", 2, "agent_reply", "13:10:00"),  # 10 min, nobody named
+        e("E5", 1, "customer_message", "14:00:00"),  # never answered
+        e("P", 1, "call_queued", "09:00:00"),
+        e("P", 2, "call_answered", "09:00:15", agent="PJSIP/1001"),  # 15 s: met
+    ]
+    path = tmp_path / "attributed.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_report_per_agent_and_team_late_and_never_answered_csv_and_explain(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Who answered comes from the source (never a metric label): `report --by agent|team`
+    gives each person's or team's answered targets, met share and response times;
+    breaches are split into late and never answered; `explain` says who answered."""
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    run(
+        capsys,
+        "ingest",
+        str(attributed_history(tmp_path)),
+        *CFG,
+        "--db",
+        db,
+        "--watermark",
+        WATERMARK,
+    )
+    at = ["--db", db, "--as-of", "2026-11-10T00:00:00Z"]
+    by_agent = json.loads(run(capsys, "report", *CFG, *at, "--by", "agent", "--format", "json"))
+    people = {p["agent"]: p for p in by_agent["people"]}
+    # by hand: Dana 1200 s and 2400 s, both met; Lee 5400 s, late; a reply nobody signed
+    # 600 s; the call answered by PJSIP/1001 after 15 s. Auto-replies are nobody's.
+    assert {k: (p["answered"], p["met"], p["late"], p["met_ratio"]) for k, p in people.items()} == {
+        "Dana": (2, 2, 0, 1.0),
+        "Lee": (1, 0, 1, 0.0),
+        "PJSIP/1001": (1, 1, 0, 1.0),
+        "(not named by the source)": (1, 1, 0, 1.0),
+    }
+    assert people["Dana"]["response_seconds"] == {
+        "p50": 1200.0, "p90": 2400.0, "p99": 2400.0, "max": 2400.0, "count": 2
+    }  # fmt: skip
+    assert list(people)[-1] == "(not named by the source)"  # the unnamed come last
+    by_team = json.loads(run(capsys, "report", *CFG, *at, "--by", "team", "--format", "json"))
+    teams = {p["team"]: (p["answered"], p["met"]) for p in by_team["people"]}
+    assert teams == {"billing": (2, 2), "tier2": (1, 0), "(not named by the source)": (2, 2)}
+    first = next(r for r in by_agent["targets"] if r["target"] == "first_reply")
+    assert (first["met"], first["breached"], first["late"], first["never_answered"]) == (3, 2, 1, 1)
+
+    rows = list(csv.DictReader(io.StringIO(run(capsys, "report", *CFG, *at, "--format", "csv"))))
+    first_row = next(r for r in rows if r["target"] == "first_reply")
+    assert first_row["late"] == "1" and first_row["never_answered"] == "1"
+    assert first_row["p50_seconds"] == "1200.0" and first_row["compliance"] == "0.6"
+    people_csv = run(capsys, "report", *CFG, *at, "--by", "agent", "--format", "csv")
+    assert (
+        people_csv.splitlines()[0]
+        == "agent,answered,met,late,met_ratio,p50_seconds,p90_seconds,p99_seconds"
+    )
+    assert "Lee,1,0,1,0.0,5400.0,5400.0,5400.0" in people_csv.splitlines()
+
+    text = run(capsys, "report", *CFG, *at, "--by", "agent")
+    assert "Per agent" in text and "Dana" in text and "100.0%" in text
+    explained = run(capsys, "explain", "desk:E3", *CFG, *at)
+    assert "answered after 1h30m by Lee (tier2)" in explained

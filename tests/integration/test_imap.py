@@ -172,6 +172,9 @@ def test_mailbox_end_to_end(dovecot: Dovecot, tmp_path: Path, shipped_config: Co
     ]  # carol's out-of-office is not a customer asking for anything
     alice = next(e for e in first.events if e.event_id == "<c1@example.com>")
     assert alice.occurred_at == T0 and alice.customer_id == "alice@example.com"
+    # who replied: the From display name (reports per person); nobody for machines
+    by = {e.event_id: e.agent for e in first.events if e.kind.value != "customer_message"}
+    assert by["<r1@acme.test>"] == "Jo" and by["<oof1@acme.test>"] is None
     assert alice.queue == "support" and first.watermark == NOW
 
     # UIDVALIDITY reset of the archive: re-read from the start, without duplicates

@@ -284,6 +284,9 @@ def test_a_day_of_tickets_end_to_end(tmp_path: Path, shipped_config: Config) -> 
     assert [x for r in results for x in r.rejected] == []
     # a ticket from before the export start: its agent is known by role all the same
     assert kinds[("55", "61:agent_reply")] == "agent_reply"
+    # who replied, by the name users/show_many gave (for reports per person)
+    agents = {e.event_id: e.agent for e in events if e.kind.value == "agent_reply"}
+    assert agents and all(a is not None and a.startswith("User ") for a in agents.values())
     by_ticket = {e.conversation_id: e for e in events if e.kind.value == "customer_message"}
     assert (
         by_ticket["101"].channel.value,
