@@ -8,13 +8,12 @@ import json
 import signal
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
 from ..conftest import free_port
-from .test_cli_errors import with_sources
+from .test_cli_errors import SCRIPT, with_sources
 from .test_runtime import scrape, total, wait_for
 
 FAST_DEMO = """\
@@ -27,13 +26,13 @@ FAST_DEMO = """\
 
 
 def run_monitor(config: Path, db: str, port: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "sla_monitor.entrypoints.cli", "run", "--config", str(config)]
+    cmd = [SCRIPT, "run", "--config", str(config)]
     cmd += ["--db", db, "--listen", f"127.0.0.1:{port}"]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def cli_json(*args: str) -> dict[str, object]:
-    cmd = [sys.executable, "-m", "sla_monitor.entrypoints.cli", *args, "--format", "json"]
+    cmd = [SCRIPT, *args, "--format", "json"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     result: dict[str, object] = json.loads(done.stdout)
@@ -100,7 +99,7 @@ def test_report_replay_and_explain_judge_a_demo_database_at_its_monitors_clock(
             "SELECT count(*) FROM events WHERE source = ? AND conversation_id = ?",
             (source, newest),
         ).fetchone()[0]
-    cmd = [sys.executable, "-m", "sla_monitor.entrypoints.cli", "replay", "--config", str(demo)]
+    cmd = [SCRIPT, "replay", "--config", str(demo)]
     done = subprocess.run([*cmd, "--db", db, "--workers", "1"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     with sqlite3.connect(file) as conn:

@@ -105,6 +105,9 @@ scrape_configs:
         assert labels["severity"] == "page" and labels["source"] == "demo"
         source, conversation = labels["contact"].split(":", 1)
         assert page["annotations"]["link"] == LINK.format(conversation_id=conversation)
+        # its runbook, served by the monitor that paged (external_url: localhost and its port)
+        runbook = httpx.get(page["annotations"]["runbook_url"], timeout=5)
+        assert runbook.status_code == 200 and runbook.text.startswith("# AcknowledgementLapsed")
         with app.store.begin() as conn:
             contact = conn.state.contacts_for([(source, conversation)])[(source, conversation)]
         assert (labels["channel"], labels["queue"]) == (contact.channel, contact.queue)
@@ -144,7 +147,9 @@ scrape_configs:
             ]
 
         rule_alerts = wait_for("SLABreachedTargetsOpen to fire", firing, 150)
-        assert rule_alerts[0]["annotations"]["runbook_url"].endswith("SLABreachedTargetsOpen.md")
+        assert rule_alerts[0]["annotations"]["runbook_url"].endswith(
+            "/runbooks/SLABreachedTargetsOpen"
+        )
         # ... and reaches Alertmanager too
         wait_for(
             "the rule's alert in Alertmanager",
