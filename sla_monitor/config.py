@@ -255,6 +255,13 @@ class PolicyConfig(_Model):
         return _duration(v)
 
 
+def contact_link(template: str | None, source: str, conversation_id: str) -> str | None:
+    """A contact's page in its source, from the source's `contact_url` template."""
+    if not template:
+        return None
+    return template.format(conversation_id=conversation_id, source=source)
+
+
 class QueueLabelsConfig(_Model):
     """A bound on the `queue` label values a source creates (metrics only)."""
 

@@ -302,6 +302,35 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_breaches(args: argparse.Namespace) -> int:
+    from sla_monitor.service_layer.recompute import breaches
+
+    config, store, now = _open(args)
+    as_of = args.as_of or now
+    if args.to_ and args.from_ and args.to_ <= args.from_:
+        store.close()
+        raise UsageError("--to must be later than --from")
+    try:
+        found = breaches(
+            store,
+            config,
+            as_of,
+            args.from_,
+            args.to_,
+            frozenset(args.queue or ()),
+            _progress("breaches") if sys.stderr.isatty() else None,
+        )
+    finally:
+        store.close()
+    if args.format == "json":
+        print(json.dumps({"as_of": iso(as_of), "breaches": found}, indent=2))
+    elif args.format == "csv":
+        sys.stdout.write(render.breaches_csv(found))
+    else:
+        print(render.breaches(found, as_of, args.zone))
+    return 0
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from sla_monitor.service_layer.recompute import explain
 
@@ -401,6 +430,8 @@ EXAMPLES = {
     "replay": "sla-monitor replay --as-of '2026-11-30 18:00' --tz Europe/Berlin",
     "report": "sla-monitor report --since 7d\n  sla-monitor report --from 2026-11-01 --to "
     "2026-12-01 --tz Europe/Berlin --format json",
+    "breaches": "sla-monitor breaches --since 7d --queue billing\n  sla-monitor breaches "
+    "--from 2026-11-01 --to 2026-12-01 --format csv > lapses-november.csv",
     "explain": "sla-monitor explain zendesk:48213\n  sla-monitor explain demo:1234 --as-of 2h",
     "archive": "sla-monitor archive --before 2026-01-01 --to /backup/sla-2025.jsonl.gz",
     "due": "sla-monitor due --calendar office --from '2026-11-27 17:30' --tz Europe/Berlin "
@@ -558,6 +589,22 @@ def build_parser() -> argparse.ArgumentParser:
         "person or team with --by)",
     )
     rep.set_defaults(func=cmd_report)
+
+    br = command("breaches", "the contacts whose acknowledgement lapsed, with links", when=True)
+    br.add_argument("--from", dest="from_", metavar=INSTANT, help="deadlines at or after")
+    br.add_argument("--since", metavar=INSTANT, help="the same as --from (e.g. --since 7d)")
+    br.add_argument("--to", dest="to_", metavar=INSTANT, help="deadlines before")
+    br.add_argument("--as-of", metavar=INSTANT, help="evaluate as of this instant (default: now)")
+    br.add_argument(
+        "--queue", action="append", metavar="QUEUE", help="only this queue (repeat for more)"
+    )
+    br.add_argument(
+        "--format",
+        choices=["text", "json", "csv"],
+        default="text",
+        help="output (default: text; csv for a spreadsheet)",
+    )
+    br.set_defaults(func=cmd_breaches)
 
     ex = command("explain", "one contact's timeline and targets", when=True)
     ex.add_argument("contact", metavar="CONTACT", help="SOURCE:CONVERSATION_ID (e.g. demo:1234)")

@@ -198,6 +198,43 @@ def report_csv(r: dict[str, Any]) -> str:
     return out.getvalue()
 
 
+BREACH_COLUMNS = (
+    *("contact", "channel", "queue", "priority", "customer", "target", "started_at"),
+    *("deadline", "answered_at", "late_seconds", "answered_by", "answered_team", "link"),
+)
+
+
+def breaches_csv(found: list[dict[str, Any]]) -> str:
+    """`breaches --format csv`: a row per lapsed target (instants in UTC, ISO-8601)."""
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(BREACH_COLUMNS)
+    for b in found:
+        w.writerow(["" if b[c] is None else b[c] for c in BREACH_COLUMNS])
+    return out.getvalue()
+
+
+def breaches(found: list[dict[str, Any]], as_of: datetime, tz: tzinfo = UTC) -> str:
+    """`breaches`: a line per lapsed target, oldest deadline first, instants in `tz`."""
+    if not found:
+        return f"no acknowledgement lapsed (as of {when(iso(as_of), tz)})"
+    lines = [f"{len(found)} lapsed (as of {when(iso(as_of), tz)}):", ""]
+    for b in found:
+        late = format_duration(timedelta(seconds=round(b["late_seconds"])))
+        if b["answered_at"]:
+            who = f" by {b['answered_by']}" if b["answered_by"] else ""
+            fate = f"answered {late} late{who}"
+        else:
+            fate = f"NOT ANSWERED, {late} past its deadline"
+        lines.append(
+            f"{when(b['deadline'], tz)}  {b['contact']}  {b['channel']}/{b['queue']} "
+            f"({b['priority']})  {b['target']}: {fate}"
+        )
+        if b["link"]:
+            lines.append(f"    {b['link']}")
+    return "\n".join(lines)
+
+
 def explanation(result: dict[str, Any], tz: tzinfo = UTC) -> str:
     """One contact's timeline and targets (`explain --format text`), instants in `tz`."""
     out: list[str] = []

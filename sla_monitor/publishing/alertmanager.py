@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from sla_monitor import __version__
 from sla_monitor.adapters.records import AlertingTarget
+from sla_monitor.config import contact_link
 from sla_monitor.domain.engine import ContactEvaluation, TargetResult, TargetState
 from sla_monitor.domain.timeutil import format_duration, from_micros, iso
 from sla_monitor.service_layer.clock import Clock
@@ -232,10 +233,7 @@ class AlertmanagerPublisher:
     # -- payloads -------------------------------------------------------------------------
 
     def _link(self, f: AlertFacts) -> str | None:
-        template = self.contact_urls.get(f.source)
-        if not template:
-            return None
-        return template.format(conversation_id=f.conversation_id, source=f.source)
+        return contact_link(self.contact_urls.get(f.source), f.source, f.conversation_id)
 
     def _payload(self, key: AlertKey, f: AlertFacts, resolved: bool = False) -> dict[str, Any]:
         name = key[4]

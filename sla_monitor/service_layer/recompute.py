@@ -21,7 +21,7 @@ from sla_monitor.adapters.records import (
     decided_of,
     evaluation_rows,
 )
-from sla_monitor.config import Config
+from sla_monitor.config import Config, contact_link
 from sla_monitor.domain.engine import (
     NEVER_READ,
     ContactEvaluation,
@@ -340,6 +340,54 @@ def report(
 
 
 UNKNOWN_PERSON = "(not named by the source)"
+
+
+def breaches(
+    store: Store,
+    config: Config,
+    as_of: datetime,
+    start: datetime | None,
+    end: datetime | None,
+    queues: frozenset[str] = frozenset(),
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Every target that lapsed (its deadline passed unanswered) in [start, end), judged as
+    `report` and the live monitor judge it: with a link to the contact, how late it was
+    answered (or how long it has waited so far) and who finally answered."""
+    links = {s.name: s.contact_url for s in config.settings.sources}
+    s_us, e_us = (to_micros(start) if start else None), (to_micros(end) if end else None)
+    out: list[dict[str, Any]] = []
+    for ev in _evaluations(store, config, as_of, progress, keep_decided=True):
+        a = ev.attributes
+        if queues and a.queue not in queues:
+            continue
+        for t in ev.targets:
+            if t.outcome is not Outcome.BREACHED or t.deadline is None:
+                continue
+            due = to_micros(t.deadline)
+            if (s_us is not None and due < s_us) or (e_us is not None and due >= e_us):
+                continue
+            answered = t.ended_at if t.response_seconds is not None else None
+            out.append(
+                {
+                    "contact": f"{ev.key[0]}:{ev.key[1]}",
+                    "channel": a.channel.value,
+                    "queue": a.queue,
+                    "priority": a.priority or NO_PRIORITY,
+                    "customer": a.customer_id,
+                    "target": t.target.value,
+                    "started_at": iso(t.started_at),
+                    "deadline": iso(t.deadline),
+                    "answered_at": iso(answered) if answered else None,
+                    # how far past the deadline the answer came, or has not come yet
+                    "late_seconds": ((answered or as_of) - t.deadline).total_seconds(),
+                    "answered_by": t.answered_by,
+                    "answered_team": t.answered_team,
+                    "link": contact_link(links.get(ev.key[0]), *ev.key),
+                }
+            )
+    out.sort(key=lambda b: (b["deadline"], b["contact"], b["target"]))
+    return out
 
 
 def _percentiles(values: list[float]) -> dict[str, float] | None:

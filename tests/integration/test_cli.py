@@ -379,3 +379,50 @@ def test_report_per_agent_and_team_late_and_never_answered_csv_and_explain(
     assert "Per agent" in text and "Dana" in text and "100.0%" in text
     explained = run(capsys, "explain", "desk:E3", *CFG, *at)
     assert "answered after 1h30m by Lee (tier2)" in explained
+
+
+def test_breaches_lists_each_lapse_with_how_late_and_who_answered(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A lead's list to forward: every lapsed target in a period, its deadline, how late the
+    answer came (or that none has), who answered, and the link to the contact."""
+    config = tmp_path / "sla.yaml"
+    config.write_text(
+        SHIPPED_CONFIG.read_text().replace(
+            "  - name: demo\n    kind: demo",
+            "  - name: desk\n    kind: demo\n"
+            "    contact_url: https://desk.example.com/tickets/{conversation_id}",
+        )
+    )
+    db = f"sqlite:///{tmp_path / 'b.db'}"
+    cfg = ["--config", str(config), "--db", db]
+    run(capsys, "ingest", str(attributed_history(tmp_path)), *cfg, "--watermark", WATERMARK)
+    at = [*cfg, "--as-of", "2026-11-10T00:00:00Z"]
+    found = json.loads(run(capsys, "breaches", *at, "--format", "json"))["breaches"]
+    # by hand (auto_ack 2 min, first_reply 1 h; as of 10 Nov 00:00):
+    assert [(b["contact"], b["target"], b["late_seconds"], b["answered_by"]) for b in found] == [
+        ("desk:E2", "auto_ack", 38 * 60.0, "Dana"),  # due 10:02, answered 10:40
+        ("desk:E3", "auto_ack", 88 * 60.0, "Lee"),  # due 11:02, answered 12:30
+        ("desk:E3", "first_reply", 30 * 60.0, "Lee"),  # due 12:00
+        ("desk:E4", "auto_ack", 8 * 60.0, None),  # due 13:02, answered 13:10 (unsigned)
+        ("desk:E5", "auto_ack", (7 * 24 + 9) * 3600 + 58 * 60.0, None),  # never answered
+        ("desk:E5", "first_reply", (7 * 24 + 9) * 3600.0, None),
+    ]
+    assert found[-1]["answered_at"] is None
+    assert found[0]["link"] == "https://desk.example.com/tickets/E2"  # the source's template
+    period = ["--from", "2026-11-02T12:00:00Z", "--to", "2026-11-02T15:00:00Z"]
+    rows = list(
+        csv.DictReader(io.StringIO(run(capsys, "breaches", *at, *period, "--format", "csv")))
+    )
+    assert [(r["contact"], r["target"], r["answered_by"]) for r in rows] == [
+        ("desk:E3", "first_reply", "Lee"),
+        ("desk:E4", "auto_ack", ""),
+        ("desk:E5", "auto_ack", ""),
+    ]
+    assert run(capsys, "breaches", *at, "--queue", "support-line").startswith(
+        "no acknowledgement lapsed"
+    )
+    text = run(capsys, "breaches", *at, "--tz", "Europe/Berlin")
+    assert (
+        "desk:E5  email/billing (none)  first_reply: NOT ANSWERED, 7d9h past its deadline" in text
+    )
