@@ -262,6 +262,43 @@ def contact_link(template: str | None, source: str, conversation_id: str) -> str
     return template.format(conversation_id=conversation_id, source=source)
 
 
+class ObjectiveMatch(_Model):
+    """Which series an objective is for (labels of `sla_target_outcomes_total`)."""
+
+    channel: list[str] | None = None
+    queue: list[str] | None = None
+    target: list[str] | None = None
+
+    @field_validator("channel", "queue", "target", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class ObjectiveConfig(_Model):
+    match: ObjectiveMatch = ObjectiveMatch()
+    ratio: float = Field(gt=0, lt=1)  # share of targets met, e.g. 0.97
+
+
+class ObjectivesConfig(_Model):
+    """The promises to keep over a period, for `sla-monitor rules` (Prometheus rules)."""
+
+    ratio: float = Field(0.95, gt=0, lt=1)  # the default: share of targets met
+    period: timedelta = timedelta(days=30)  # the error budget's period
+    rules: list[ObjectiveConfig] = []  # per channel/queue/target; the first match wins
+    phone_service_level: float = Field(0.80, gt=0, le=1)  # default goal per phone queue
+    phone_service_level_by_queue: dict[str, float] = {}
+    min_events: int = Field(10, ge=1)  # fewer judged targets in a window: no burn alert
+
+    @field_validator("period", mode="before")
+    @classmethod
+    def _period(cls, v: Any) -> timedelta:
+        d = _duration(v)
+        if d < timedelta(days=1):
+            raise ValueError("period must be at least 1d (e.g. 28d or 30d)")
+        return d
+
+
 class QueueLabelsConfig(_Model):
     """A bound on the `queue` label values a source creates (metrics only)."""
 
@@ -405,6 +442,7 @@ class Settings(_Model):
     web_config_file: str | None = None
     alerting: AlertingConfig = AlertingConfig()
     cluster: ClusterConfig = ClusterConfig()
+    objectives: ObjectivesConfig = ObjectivesConfig()
     limits: LimitsConfig = LimitsConfig()
     calendars: dict[str, CalendarConfig] = {}
     policy: PolicyConfig

@@ -302,6 +302,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules(args: argparse.Namespace) -> int:
+    from sla_monitor.publishing.rules import render_rules
+
+    config = load_config(args.config, validate_source_config)
+    text = render_rules(config, config.settings.runbooks_url())
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}: check it with `promtool check rules {args.out}`")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_breaches(args: argparse.Namespace) -> int:
     from sla_monitor.service_layer.recompute import breaches
 
@@ -430,6 +443,8 @@ EXAMPLES = {
     "replay": "sla-monitor replay --as-of '2026-11-30 18:00' --tz Europe/Berlin",
     "report": "sla-monitor report --since 7d\n  sla-monitor report --from 2026-11-01 --to "
     "2026-12-01 --tz Europe/Berlin --format json",
+    "rules": "sla-monitor rules --config /etc/sla-monitor/sla-monitor.yaml "
+    "--out /etc/prometheus/rules/sla-monitor.rules.yml",
     "breaches": "sla-monitor breaches --since 7d --queue billing\n  sla-monitor breaches "
     "--from 2026-11-01 --to 2026-12-01 --format csv > lapses-november.csv",
     "explain": "sla-monitor explain zendesk:48213\n  sla-monitor explain demo:1234 --as-of 2h",
@@ -589,6 +604,10 @@ def build_parser() -> argparse.ArgumentParser:
         "person or team with --by)",
     )
     rep.set_defaults(func=cmd_report)
+
+    ru = command("rules", "write the Prometheus rules for the config's objectives")
+    ru.add_argument("--out", metavar="FILE", help="write them to FILE (default: standard output)")
+    ru.set_defaults(func=cmd_rules)
 
     br = command("breaches", "the contacts whose acknowledgement lapsed, with links", when=True)
     br.add_argument("--from", dest="from_", metavar=INSTANT, help="deadlines at or after")
