@@ -3,19 +3,26 @@
 
 The JSON files are committed (Grafana provisions them as they are); the test suite checks
 they match this script, and that every query returns data from a real Prometheus.
-Dependencies: none beyond the standard library.
+Dependencies: the project itself (panels follow the shipped config's policy and objectives).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # the panels follow the shipped config's policy
+from sla_monitor.config import load_config  # noqa: E402
+
+SHIPPED_CONFIG = HERE.parent / "config" / "sla-monitor.yaml"
 DS = {"type": "prometheus", "uid": "${datasource}"}
-F = 'channel=~"$channel",queue=~"$queue",priority=~"$priority"'  # outcome/opened filters
-G = 'channel=~"$channel",queue=~"$queue"'  # gauges and histograms (no priority label)
+F = 'channel=~"$channel",queue=~"$queue",priority=~"$priority"'  # series with a priority
+G = 'channel=~"$channel",queue=~"$queue"'  # the rest (oldest wait, repeats, recording rules)
+INSTANT_PANELS = ("table", "bargauge")
+HIDE_TIME = {"id": "organize", "options": {"excludeByName": {"Time": True}}}
 RUNBOOKS = "http://localhost:9799/runbooks"
 
 
@@ -36,33 +43,35 @@ def variable(name: str, query: str, label: str) -> dict[str, Any]:
     }
 
 
-TEMPLATING = {
-    "list": [
-        {
-            "name": "datasource",
-            "label": "Data source",
-            "type": "datasource",
-            "query": "prometheus",
-            "current": {},
-            "hide": 0,
-            "refresh": 1,
-        },
-        variable("channel", "label_values(sla_contacts_opened_total, channel)", "Channel"),
-        variable(
-            "queue", 'label_values(sla_contacts_opened_total{channel=~"$channel"}, queue)', "Queue"
-        ),
-        variable(
-            "priority",
-            'label_values(sla_contacts_opened_total{channel=~"$channel"}, priority)',
-            "Priority",
-        ),
-    ]
+DATASOURCE = {
+    "name": "datasource",
+    "label": "Data source",
+    "type": "datasource",
+    "query": "prometheus",
+    "current": {},
+    "hide": 0,
+    "refresh": 1,
 }
+CONTACT_VARIABLES = [
+    variable("channel", "label_values(sla_contacts_opened_total, channel)", "Channel"),
+    variable(
+        "queue", 'label_values(sla_contacts_opened_total{channel=~"$channel"}, queue)', "Queue"
+    ),
+    variable(
+        "priority",
+        'label_values(sla_contacts_opened_total{channel=~"$channel"}, priority)',
+        "Priority",
+    ),
+]
+SOURCE_VARIABLES = [variable("source", "label_values(sla_source_up, source)", "Source")]
 
 
 class Board:
-    def __init__(self, uid: str, title: str, description: str) -> None:
+    def __init__(
+        self, uid: str, title: str, description: str, variables: list[dict[str, Any]]
+    ) -> None:
         self.uid, self.title, self.description = uid, title, description
+        self.variables = variables
         self.panels: list[dict[str, Any]] = []
         self.x = self.y = self.row_h = 0
 
@@ -93,15 +102,19 @@ class Board:
                     "datasource": DS,
                     "expr": expr,
                     "legendFormat": legend,
-                    "range": kind != "table",
-                    "instant": kind == "table",
+                    # tables and bar gauges show one value per series: an instant query
+                    # (a table formatted as a table); time series plot a range
+                    "range": kind not in INSTANT_PANELS,
+                    "instant": kind in INSTANT_PANELS,
+                    "format": "table" if kind == "table" else "time_series",
                 }
                 for i, (expr, legend) in enumerate(exprs)
             ],
             "fieldConfig": {
                 "defaults": {"unit": unit, **options.pop("defaults", {})},
-                "overrides": [],
+                "overrides": options.pop("overrides", []),
             },
+            "transformations": options.pop("transformations", []),
             "options": options,
         }
         self.panels.append(p)
@@ -121,7 +134,7 @@ class Board:
             "refresh": "30s",
             "graphTooltip": 1,
             "time": {"from": "now-24h", "to": "now"},
-            "templating": TEMPLATING,
+            "templating": {"list": [DATASOURCE, *self.variables]},
             "annotations": {"list": []},
             "links": [{"title": "Runbooks", "type": "link", "url": RUNBOOKS, "targetBlank": True}],
             "panels": self.panels,
@@ -135,50 +148,64 @@ def ratio(num: str, den: str, by: str, window: str) -> str:
     )
 
 
+def quantile(q: float, target: str, channels: str) -> str:
+    sel = f'target="{target}",channel=~"{channels}",{F}'
+    return (
+        f"histogram_quantile({q}, sum by (queue, le) "
+        f"(rate(sla_response_seconds_bucket{{{sel}}}[$__rate_interval])))"
+    )
+
+
+def thresholds(*steps: tuple[str, float | None]) -> dict[str, Any]:
+    return {
+        "color": {"mode": "thresholds"},
+        "thresholds": {
+            "mode": "absolute",
+            "steps": [{"color": color, "value": value} for color, value in steps],
+        },
+    }
+
+
+# lines whose legend starts with "objective" or "goal": dashed, the promise to compare with
+PROMISE_LINES = [
+    {
+        "matcher": {"id": "byRegexp", "options": "^(objective|goal) .*"},
+        "properties": [
+            {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+            {"id": "custom.lineWidth", "value": 2},
+        ],
+    }
+]
+
+
 def support_overview() -> Board:
+    config = load_config(SHIPPED_CONFIG)
+    objective = config.settings.objectives.ratio
     b = Board(
         "sla-support-overview",
         "Support overview",
-        "Are customers acknowledged in time? Compliance, breaches and waits per channel and queue.",
+        "Are we keeping our promise? What lapses right now, compliance against each "
+        "objective, response times against each target, per channel, queue and priority.",
+        CONTACT_VARIABLES,
     )
     pct = {"defaults": {"min": 0, "max": 1}}
     b.panel(
         "stat",
         "Breached now",
-        "Open targets past their deadline, still unanswered.",
-        [(f'sum(sla_open_targets{{state="breached",{G}}})', "breached")],
+        "Open targets past their deadline, still unanswered (each one is paged).",
+        [(f'sum(sla_open_targets{{state="breached",{F}}})', "breached")],
         w=6,
         h=5,
-        defaults={
-            "color": {"mode": "thresholds"},
-            "thresholds": {
-                "mode": "absolute",
-                "steps": [{"color": "green", "value": None}, {"color": "red", "value": 1}],
-            },
-        },
+        defaults=thresholds(("green", None), ("red", 1)),
     )
     b.panel(
         "stat",
         "At risk now",
-        "Open targets past their warning point.",
-        [(f'sum(sla_open_targets{{state="at_risk",{G}}})', "at risk")],
+        "Open targets past their warning point: answer these first.",
+        [(f'sum(sla_open_targets{{state="at_risk",{F}}})', "at risk")],
         w=6,
         h=5,
-        defaults={
-            "color": {"mode": "thresholds"},
-            "thresholds": {
-                "mode": "absolute",
-                "steps": [{"color": "green", "value": None}, {"color": "orange", "value": 1}],
-            },
-        },
-    )
-    b.panel(
-        "stat",
-        "Paused",
-        "Open targets whose clock is paused (pending, on hold).",
-        [(f'sum(sla_open_targets{{state="paused",{G}}})', "paused")],
-        w=6,
-        h=5,
+        defaults=thresholds(("green", None), ("orange", 1)),
     )
     b.panel(
         "stat",
@@ -190,13 +217,89 @@ def support_overview() -> Board:
         h=5,
     )
     b.panel(
-        "bargauge",
-        "Compliance by channel and queue (24h)",
-        "Targets met / (met + breached) over the last 24 hours, all targets.",
+        "stat",
+        "Error budget left (lowest)",
+        f"Of the breaches the objective allows over the period ({config.settings.objectives.period.days}d), "
+        "the share not yet spent, for the queue and target that has spent most. Below 0: "
+        "the objective is already missed.",
+        [(f"min(sla:error_budget_remaining:ratio{{{G}}})", "budget left")],
+        unit="percentunit",
+        w=6,
+        h=5,
+        defaults=thresholds(("red", None), ("orange", 0), ("green", 0.25)),
+    )
+    b.panel(
+        "table",
+        "Breached and at risk now, per queue and target",
+        "Where the open lapses and near-lapses are. Each breached contact is paged to "
+        "on-call as AcknowledgementLapsed, with a link to it.",
         [
             (
-                ratio(f'outcome="met",{F}', f'outcome=~"met|breached",{F}', "channel, queue", "1d"),
-                "{{channel}} / {{queue}}",
+                "sum by (channel, queue, priority, target, state) "
+                f'(sla_open_targets{{state=~"breached|at_risk",{F}}}) > 0',
+                "",
+            )
+        ],
+        w=12,
+        h=8,
+        transformations=[HIDE_TIME],
+    )
+    b.panel(
+        "table",
+        "Compliance against objective (30 days)",
+        "Per channel, queue and target: share of targets met over the error budget's "
+        "period, the objective (config: objectives) and the error budget left.",
+        [
+            (f"sla:target_compliance:ratio_rate30d{{{G}}}", "compliance"),
+            (f"sla:objective:ratio{{{G}}}", "objective"),
+            (f"sla:error_budget_remaining:ratio{{{G}}}", "budget left"),
+        ],
+        unit="percentunit",
+        w=12,
+        h=8,
+        transformations=[
+            {"id": "merge", "options": {}},
+            HIDE_TIME,
+            {
+                "id": "organize",
+                "options": {
+                    "renameByName": {
+                        "Value #A": "compliance",
+                        "Value #B": "objective",
+                        "Value #C": "budget left",
+                    }
+                },
+            },
+        ],
+    )
+    b.panel(
+        "timeseries",
+        "Compliance (1 day) against objective",
+        "Share of targets met over the last day, with each one's objective as a dashed line.",
+        [
+            (f"sla:target_compliance:ratio_rate1d{{{G}}}", "{{channel}}/{{queue}} {{target}}"),
+            (f"sla:objective:ratio{{{G}}}", "objective {{channel}}/{{queue}} {{target}}"),
+        ],
+        unit="percentunit",
+        w=12,
+        h=9,
+        overrides=PROMISE_LINES,
+        **pct,
+    )
+    b.panel(
+        "bargauge",
+        "Compliance by channel, queue and priority (24h)",
+        f"Targets met / (met + breached) over the last 24 hours; red below the default "
+        f"objective ({objective:.0%}).",
+        [
+            (
+                ratio(
+                    f'outcome="met",{F}',
+                    f'outcome=~"met|breached",{F}',
+                    "channel, queue, priority",
+                    "1d",
+                ),
+                "{{channel}} / {{queue}} / {{priority}}",
             )
         ],
         unit="percentunit",
@@ -204,69 +307,56 @@ def support_overview() -> Board:
         h=9,
         displayMode="gradient",
         orientation="horizontal",
-        **pct,
+        defaults={"min": 0, "max": 1, **thresholds(("red", None), ("green", objective))},
     )
+    # response times per policy rule and target, against that target's `within`
+    for rule in config.settings.policy.rules:
+        channels = "|".join(c.value for c in rule.match.channel or []) or ".*"
+        for name, spec in rule.targets.items():
+            within = spec.within.total_seconds()
+            b.panel(
+                "timeseries",
+                f"{rule.name}: {name.value} response time (within {_human(within)})",
+                f"Time to {name.value} on its clock (pauses excluded), p50 and p90 per queue, "
+                f"for contacts of the `{rule.name}` rule; the red line is its target.",
+                [
+                    (quantile(0.5, name.value, channels), "p50 {{queue}}"),
+                    (quantile(0.9, name.value, channels), "p90 {{queue}}"),
+                ],
+                unit="s",
+                w=8,
+                h=8,
+                defaults={
+                    "custom": {"thresholdsStyle": {"mode": "line"}},
+                    **thresholds(("green", None), ("red", within)),
+                },
+            )
     b.panel(
         "timeseries",
-        "Compliance by target (1h windows)",
-        "Share of each target met, hour by hour.",
+        "Phone service level (1h) against goal",
+        f"Calls answered within the answer target ({config.service_level_formula}: "
+        "policy.service_level.formula), per queue, with its goal as a dashed line.",
         [
-            (
-                ratio(
-                    f'outcome="met",{F}', f'outcome=~"met|breached",{F}', "channel, target", "1h"
-                ),
-                "{{channel}} {{target}}",
-            )
+            ('sla:phone_service_level:ratio_rate1h{queue=~"$queue"}', "{{queue}}"),
+            ('sla:phone_service_level_goal:ratio{queue=~"$queue"}', "goal {{queue}}"),
         ],
         unit="percentunit",
         w=12,
-        h=9,
+        overrides=PROMISE_LINES,
         **pct,
     )
     b.panel(
         "timeseries",
-        "Open targets by state",
-        "What is waiting now, and how it stands.",
-        [(f"sum by (state) (sla_open_targets{{{G}}})", "{{state}}")],
-        w=12,
-    )
-    b.panel(
-        "timeseries",
-        "Response time p50 / p90 by target",
-        "Time to fulfilment on each target's clock (pauses excluded). Compare with the "
-        "targets: auto_ack 2m, first_reply 1h (email) / 15m (social), answer 20s.",
+        "Phone abandons per hour",
+        "Calls hung up before being answered; short ones (under policy.short_abandon) apart.",
         [
             (
-                f"histogram_quantile(0.5, sum by (target, le) (rate(sla_response_seconds_bucket{{{G}}}[$__rate_interval])))",
-                "p50 {{target}}",
-            ),
-            (
-                f"histogram_quantile(0.9, sum by (target, le) (rate(sla_response_seconds_bucket{{{G}}}[$__rate_interval])))",
-                "p90 {{target}}",
-            ),
-        ],
-        unit="s",
-        w=12,
-    )
-    b.panel(
-        "timeseries",
-        "Email first replies within the hour",
-        'Share of personal first replies to e-mail sent within 3600 s (le="3600").',
-        [
-            (
-                'sum by (queue) (rate(sla_response_seconds_bucket{target="first_reply",channel="email",queue=~"$queue",le="3600"}[1h]))\n/\nsum by (queue) (rate(sla_response_seconds_count{target="first_reply",channel="email",queue=~"$queue"}[1h]))',
-                "{{queue}}",
+                "sum by (queue, outcome) (increase(sla_target_outcomes_total"
+                '{channel="phone",target="answer",outcome=~"abandoned|abandoned_short",'
+                'queue=~"$queue",priority=~"$priority"}[1h]))',
+                "{{queue}} {{outcome}}",
             )
         ],
-        unit="percentunit",
-        w=12,
-        **pct,
-    )
-    b.panel(
-        "timeseries",
-        "Contacts opened per hour",
-        "New contacts by channel.",
-        [(f"sum by (channel) (increase(sla_contacts_opened_total{{{F}}}[1h]))", "{{channel}}")],
         w=12,
     )
     b.panel(
@@ -283,49 +373,34 @@ def support_overview() -> Board:
     )
     b.panel(
         "timeseries",
-        "Phone service level (1h)",
-        "Calls answered within the answer target / (answered + abandoned after it).",
-        [
-            (
-                ratio(
-                    'channel="phone",target="answer",outcome="met",queue=~"$queue"',
-                    'channel="phone",target="answer",outcome=~"met|breached",queue=~"$queue"',
-                    "queue",
-                    "1h",
-                ),
-                "{{queue}}",
-            )
-        ],
-        unit="percentunit",
-        w=12,
-        **pct,
-    )
-    b.panel(
-        "timeseries",
-        "Phone abandons per hour",
-        "Calls hung up before the answer was due (short ones are excluded from service level).",
-        [
-            (
-                'sum by (queue, outcome) (increase(sla_target_outcomes_total{channel="phone",target="answer",outcome=~"abandoned|abandoned_short",queue=~"$queue"}[1h]))',
-                "{{queue}} {{outcome}}",
-            )
-        ],
+        "Contacts opened per hour",
+        "New contacts by channel.",
+        [(f"sum by (channel) (increase(sla_contacts_opened_total{{{F}}}[1h]))", "{{channel}}")],
         w=12,
     )
     b.panel(
         "table",
         "Outcomes in the last 24 hours",
-        "Every target's outcomes by queue.",
+        "Every target's outcomes by channel, queue and priority.",
         [
             (
-                f"sum by (channel, queue, target, outcome) (increase(sla_target_outcomes_total{{{F}}}[1d]))",
+                "sum by (channel, queue, priority, target, outcome) "
+                f"(increase(sla_target_outcomes_total{{{F}}}[1d])) > 0",
                 "",
             )
         ],
         w=24,
         h=10,
+        transformations=[HIDE_TIME],
     )
     return b
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
 
 
 def monitor_health() -> Board:
@@ -333,12 +408,13 @@ def monitor_health() -> Board:
         "sla-monitor-health",
         "Monitor health",
         "Is the monitor reading its sources and publishing breaches in time?",
+        SOURCE_VARIABLES,
     )
     b.panel(
         "stat",
         "Sources up",
         "1 if the last poll of the source succeeded.",
-        [("sla_source_up", "{{source}}")],
+        [('sla_source_up{source=~"$source"}', "{{source}}")],
         w=8,
         h=5,
         defaults={
@@ -357,7 +433,7 @@ def monitor_health() -> Board:
         "stat",
         "Since last successful poll",
         "Seconds since each source was last read.",
-        [("time() - sla_source_last_success_timestamp_seconds", "{{source}}")],
+        [('time() - sla_source_last_success_timestamp_seconds{source=~"$source"}', "{{source}}")],
         unit="s",
         w=8,
         h=5,
@@ -375,7 +451,12 @@ def monitor_health() -> Board:
         "timeseries",
         "Polls by result",
         "ok, error, rate_limited, auth_error per second.",
-        [("sum by (source, result) (rate(sla_source_polls_total[5m]))", "{{source}} {{result}}")],
+        [
+            (
+                'sum by (source, result) (rate(sla_source_polls_total{source=~"$source"}[5m]))',
+                "{{source}} {{result}}",
+            )
+        ],
     )
     b.panel(
         "timeseries",
@@ -383,7 +464,7 @@ def monitor_health() -> Board:
         "Failed polls per second (0 when all is well).",
         [
             (
-                'sum by (source) (rate(sla_source_polls_total{result!="ok"}[5m]))\nor\nsum by (source) (rate(sla_source_polls_total[5m])) * 0',
+                'sum by (source) (rate(sla_source_polls_total{result!="ok",source=~"$source"}[5m]))\nor\nsum by (source) (rate(sla_source_polls_total{source=~"$source"}[5m])) * 0',
                 "{{source}}",
             )
         ],
@@ -392,21 +473,26 @@ def monitor_health() -> Board:
         "timeseries",
         "Watermark lag",
         "How far behind now each source has been read completely.",
-        [("time() - sla_source_watermark_timestamp_seconds", "{{source}}")],
+        [('time() - sla_source_watermark_timestamp_seconds{source=~"$source"}', "{{source}}")],
         unit="s",
     )
     b.panel(
         "timeseries",
         "Poll duration",
         "Duration of the last poll.",
-        [("sla_source_poll_duration_seconds", "{{source}}")],
+        [('sla_source_poll_duration_seconds{source=~"$source"}', "{{source}}")],
         unit="s",
     )
     b.panel(
         "timeseries",
         "Events ingested per second",
         "New events stored, by kind.",
-        [("sum by (source, kind) (rate(sla_events_ingested_total[5m]))", "{{source}} {{kind}}")],
+        [
+            (
+                'sum by (source, kind) (rate(sla_events_ingested_total{source=~"$source"}[5m]))',
+                "{{source}} {{kind}}",
+            )
+        ],
     )
     b.panel(
         "timeseries",
@@ -414,7 +500,7 @@ def monitor_health() -> Board:
         "Malformed items set aside, by reason.",
         [
             (
-                "sum by (source, reason) (rate(sla_events_rejected_total[5m]))\nor\nsum by (source) (rate(sla_events_ingested_total[5m])) * 0",
+                'sum by (source, reason) (rate(sla_events_rejected_total{source=~"$source"}[5m]))\nor\nsum by (source) (rate(sla_events_ingested_total{source=~"$source"}[5m])) * 0',
                 "{{source}} {{reason}}",
             )
         ],

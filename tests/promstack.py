@@ -119,6 +119,13 @@ class Prometheus(Process):
             raise AssertionError(f"query failed: {expr}: {body.get('error')}")
         return list(body["data"]["result"])
 
+    def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict]:  # type: ignore[type-arg]
+        params = {"query": expr, "start": start, "end": end, "step": step}
+        body = httpx.get(self.url + "/api/v1/query_range", params=params, timeout=10).json()
+        if body.get("status") != "success":
+            raise AssertionError(f"query failed: {expr}: {body.get('error')}")
+        return list(body["data"]["result"])
+
 
 AM_CONFIG = """
 route:

@@ -182,7 +182,16 @@ class DemoSource:
             add(EventKind.AUTO_REPLY, t0 + timedelta(seconds=rng.uniform(1, 5)))
         first = t0 + timedelta(seconds=_lognormal_seconds(rng, 480, 0.7))
         add(EventKind.AGENT_REPLY, first)
-        add(EventKind.STATUS_CHANGED, first + timedelta(minutes=rng.uniform(2, 20)), Status.SOLVED)
+        done = first + timedelta(minutes=rng.uniform(2, 20))
+        # a follow-up, sometimes (next_reply); drawn apart, so the rest of the script stays
+        more = random.Random(f"{self.options.seed}:{conv}:follow-up")
+        if more.random() < 0.3:
+            asked = first + timedelta(minutes=more.uniform(1, 10))
+            add(EventKind.CUSTOMER_MESSAGE, asked)
+            done = asked + timedelta(seconds=_lognormal_seconds(more, 1800, 0.8))
+            add(EventKind.AGENT_REPLY, done)
+            done += timedelta(minutes=more.uniform(1, 10))
+        add(EventKind.STATUS_CHANGED, done, Status.SOLVED)
 
     # -- polling ---------------------------------------------------------------------
 

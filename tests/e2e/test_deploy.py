@@ -163,7 +163,22 @@ def test_dashboards_are_grafana_dashboards() -> None:
         assert board["uid"] and board["title"] and board["schemaVersion"] >= 36
         variables = {v["name"]: v for v in board["templating"]["list"]}
         assert variables["datasource"]["type"] == "datasource"
-        assert {"channel", "queue", "priority"} <= set(variables)
+        # every variable filters something, and every filter is a variable (a lead who
+        # picks a priority must see every panel that has one follow it)
+        exprs = " ".join(t["expr"] for p in board["panels"] for t in p["targets"])
+        used = {v for v in re.findall(r"\$(\w+)", exprs) if not v.startswith("__")}
+        assert set(variables) - {"datasource"} == used, path.name
+        if "sla_contacts_opened_total" in exprs:
+            for panel in board["panels"]:
+                for t in panel["targets"]:
+                    if (
+                        re.search(
+                            r"sla_(target_outcomes|open_targets|response_seconds|contacts_opened)",
+                            t["expr"],
+                        )
+                        and 'queue=~"$queue"' in t["expr"]
+                    ):
+                        assert "$priority" in t["expr"], (panel["title"], t["expr"])
         ids = [p["id"] for p in board["panels"]]
         assert len(ids) == len(set(ids))
         for panel in board["panels"]:

@@ -27,6 +27,7 @@ SUBSTITUTIONS = {
     "$channel": ".*",
     "$queue": ".*",
     "$priority": ".*",
+    "$source": ".*",
 }
 
 
@@ -43,7 +44,8 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def dashboard_queries() -> list[tuple[str, str, str]]:
+def dashboard_queries() -> list[tuple[str, dict[str, Any], dict[str, Any], str]]:
+    """(board, panel, target, the target's query as Grafana would send it)."""
     out = []
     for path in sorted((ROOT / "dashboards").glob("*.json")):
         for panel in json.loads(path.read_text())["panels"]:
@@ -52,8 +54,32 @@ def dashboard_queries() -> list[tuple[str, str, str]]:
                 for var, value in SUBSTITUTIONS.items():
                     expr = expr.replace(var, value)
                 assert "$" not in expr, expr
-                out.append((path.name, panel["title"], expr))
+                out.append((path.name, panel, target, expr))
     return out
+
+
+def shape_problem(
+    prom: Prometheus, panel: dict[str, Any], target: dict[str, Any], expr: str, since: float
+) -> str | None:
+    """What keeps a panel from showing this query (None: it shows it). Tables and bar gauges
+    show one row or bar per series: an instant query (a table formatted as a table) that
+    returns samples. Time series plot a range query that returns series of several points;
+    a stat reduces a range."""
+    kind = panel["type"]
+    if kind in ("table", "bargauge"):
+        if not target.get("instant") or target.get("range"):
+            return "not an instant query"
+        if kind == "table" and target.get("format") != "table":
+            return "not formatted as a table"
+        return None if prom.query(expr) else "no samples"
+    if not target.get("range") or target.get("instant"):
+        return "not a range query"
+    if target.get("format") != "time_series":
+        return "not formatted as a time series"
+    series = prom.query_range(expr, since, time.time(), 1)
+    if not any(len(s["values"]) >= 2 for s in series):
+        return "no series with points to plot"
+    return None
 
 
 def test_pages_rules_and_dashboards_against_real_prometheus_and_alertmanager(
@@ -84,6 +110,7 @@ scrape_configs:
     static_configs: [{{targets: ["127.0.0.1:{port}"]}}]
 """)
     prom.start()
+    started = time.time()
     try:
         # 1. the monitor pages a breached contact, with its labels and a link to it
         def lapsed() -> list[dict[str, Any]]:
@@ -128,14 +155,14 @@ scrape_configs:
         closing = {"agent_reply", "auto_reply", "call_answered", "status_changed", "call_abandoned"}
         assert any(e.kind.value in closing for e in events), (target, events)
 
-        # 3. every dashboard query returns data from Prometheus
+        # 3. every dashboard query returns data in the shape its panel needs
         wait_for("a few scrapes", lambda: prom.query("count_over_time(sla_build_info[1m]) > 5"), 30)
-        empty = [
-            (board, title, expr)
-            for board, title, expr in dashboard_queries()
-            if not prom.query(expr)
+        problems = [
+            (board, panel["title"], target["refId"], problem)
+            for board, panel, target, expr in dashboard_queries()
+            if (problem := shape_problem(prom, panel, target, expr, started)) is not None
         ]
-        assert empty == [], f"dashboard queries without data: {empty}"
+        assert problems == [], f"panels that would not show their data: {problems}"
 
         # 4. a Prometheus-side rule fires (breached targets open for a minute)
         def firing() -> list[dict[str, Any]]:
