@@ -39,11 +39,11 @@ lock:
 # Servers the tests run for real (Debian packages): PostgreSQL for the store, Dovecot for
 # IMAP, Prometheus (+ promtool) and Alertmanager (+ amtool) for rules, alerts and dashboards.
 # The tests start and stop their own instances on free loopback ports in temp dirs.
-SYSTEM_PACKAGES = postgresql dovecot-imapd openssl prometheus prometheus-alertmanager
+SYSTEM_PACKAGES = postgresql dovecot-imapd openssl prometheus prometheus-alertmanager chromium fonts-dejavu-core
 system-deps:
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v dovecot >/dev/null 2>&1 \
 	    || ! command -v openssl >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1 \
-	    || ! command -v prometheus-alertmanager >/dev/null 2>&1; then \
+	    || ! command -v prometheus-alertmanager >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then \
 	  echo "installing $(SYSTEM_PACKAGES) (for the tests)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \

@@ -290,6 +290,18 @@ class ObjectivesConfig(_Model):
     phone_service_level_by_queue: dict[str, float] = {}
     min_events: int = Field(10, ge=1)  # fewer judged targets in a window: no burn alert
 
+    def for_series(self, channel: str, queue: str, target: str) -> float:
+        """The objective of one channel/queue/target: the first entry that matches it."""
+        for entry in self.rules:
+            m = entry.match
+            if (
+                (m.channel is None or channel in m.channel)
+                and (m.queue is None or queue in m.queue)
+                and (m.target is None or target in m.target)
+            ):
+                return entry.ratio
+        return self.ratio
+
     @field_validator("period", mode="before")
     @classmethod
     def _period(cls, v: Any) -> timedelta:

@@ -277,29 +277,56 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from sla_monitor.service_layer.recompute import report
+    from sla_monitor.service_layer.recompute import breaches, report
 
     config, store, now = _open(args)
     as_of = args.as_of or now
     if args.to_ and args.from_ and args.to_ <= args.from_:
+        store.close()
         raise UsageError("--to must be later than --from")
-    result = report(
-        store,
-        config,
-        as_of,
-        args.from_,
-        args.to_,
-        _progress("report") if sys.stderr.isatty() else None,
-        args.by,
-    )
-    store.close()
+    progress = _progress("report") if sys.stderr.isatty() else None
+    try:
+        result = report(store, config, as_of, args.from_, args.to_, progress, args.by, args.zone)
+        lapses = (
+            breaches(store, config, as_of, args.from_, args.to_) if args.format == "html" else []
+        )
+    finally:
+        store.close()
     if args.format == "json":
-        print(json.dumps(result, indent=2))
+        text = json.dumps(result, indent=2) + "\n"
     elif args.format == "csv":
-        sys.stdout.write(render.report_csv(result))
+        text = render.report_csv(result)
+    elif args.format == "html":
+        from sla_monitor.entrypoints.html_report import render_html
+
+        objective = config.settings.objectives.ratio
+        text = render_html(result, lapses, _withins(config, result), objective, args.zone)
     else:
-        print(render.report(result, args.zone))
+        text = render.report(result, args.zone) + "\n"
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
     return 0
+
+
+def _withins(config: Config, result: dict[str, Any]) -> dict[tuple[str, str, str], float]:
+    """Each reported channel/queue/target's `within`, from the first policy rule whose
+    channel and queue match (the report does not split by priority or tier)."""
+    out = {}
+    for row in result["targets"]:
+        for rule in config.settings.policy.rules:
+            m = rule.match
+            channels = [c.value for c in m.channel] if m.channel else None
+            if (channels is None or row["channel"] in channels) and (
+                m.queue is None or row["queue"] in m.queue
+            ):
+                spec = next((t for n, t in rule.targets.items() if n.value == row["target"]), None)
+                if spec is not None:
+                    out[(row["channel"], row["queue"], row["target"])] = spec.within.total_seconds()
+                    break
+    return out
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
@@ -442,7 +469,7 @@ EXAMPLES = {
     "ingest": "sla-monitor ingest events.jsonl --source helpdesk-export --strict",
     "replay": "sla-monitor replay --as-of '2026-11-30 18:00' --tz Europe/Berlin",
     "report": "sla-monitor report --since 7d\n  sla-monitor report --from 2026-11-01 --to "
-    "2026-12-01 --tz Europe/Berlin --format json",
+    "2026-12-01 --tz Europe/Berlin --format html --out november.html",
     "rules": "sla-monitor rules --config /etc/sla-monitor/sla-monitor.yaml "
     "--out /etc/prometheus/rules/sla-monitor.rules.yml",
     "breaches": "sla-monitor breaches --since 7d --queue billing\n  sla-monitor breaches "
@@ -598,11 +625,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument(
         "--format",
-        choices=["text", "json", "csv"],
+        choices=["text", "json", "csv", "html"],
         default="text",
         help="output (default: text; csv: one row per channel, queue and target, or per "
-        "person or team with --by)",
+        "person or team with --by; html: one self-contained page to read, print or forward)",
     )
+    rep.add_argument("--out", metavar="FILE", help="write to FILE (default: standard output)")
     rep.set_defaults(func=cmd_report)
 
     ru = command("rules", "write the Prometheus rules for the config's objectives")

@@ -200,7 +200,8 @@ def report_csv(r: dict[str, Any]) -> str:
 
 BREACH_COLUMNS = (
     *("contact", "channel", "queue", "priority", "customer", "target", "started_at"),
-    *("deadline", "answered_at", "late_seconds", "answered_by", "answered_team", "link"),
+    *("deadline", "answered_at", "waiting", "late_seconds", "answered_by", "answered_team"),
+    "link",
 )
 
 
@@ -224,8 +225,10 @@ def breaches(found: list[dict[str, Any]], as_of: datetime, tz: tzinfo = UTC) -> 
         if b["answered_at"]:
             who = f" by {b['answered_by']}" if b["answered_by"] else ""
             fate = f"answered {late} late{who}"
-        else:
+        elif b["waiting"]:
             fate = f"NOT ANSWERED, {late} past its deadline"
+        else:
+            fate = f"ended unanswered {late} after its deadline (abandoned or closed)"
         lines.append(
             f"{when(b['deadline'], tz)}  {b['contact']}  {b['channel']}/{b['queue']} "
             f"({b['priority']})  {b['target']}: {fate}"

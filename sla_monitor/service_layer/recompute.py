@@ -9,7 +9,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from itertools import pairwise
 from typing import Any
 
@@ -229,9 +229,11 @@ def report(
     end: datetime | None,
     progress: Progress | None = None,
     by: str | None = None,
+    zone: tzinfo = UTC,
 ) -> dict[str, Any]:
-    """Compliance per channel, queue and target for targets started in [start, end); with
-    `by` ("agent" or "team"), also per person or team for the targets they answered."""
+    """Compliance per channel, queue and target for targets started in [start, end), each
+    against its objective; per channel, queue and priority; per day (in `zone`). With `by`
+    ("agent" or "team"), also per person or team for the targets they answered."""
     s_us = to_micros(start) if start else None
     e_us = to_micros(end) if end else None
 
@@ -247,6 +249,8 @@ def report(
     labels: dict[ContactKey, tuple[str, str]] = {}
     summaries: list[ContactSummary] = []
     people: dict[str, dict[str, Any]] = {}
+    by_priority: dict[tuple[str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    daily: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for ev in _evaluations(store, config, as_of, progress, keep_decided=True):
         a = ev.attributes
         ch, q = a.channel.value, a.queue
@@ -259,6 +263,10 @@ def report(
                 continue
             key = (ch, q, t.target.value)
             outcomes[key][t.outcome.value if t.outcome else f"open_{t.state.value}"] += 1
+            if t.outcome in (Outcome.MET, Outcome.BREACHED):
+                judged = t.outcome.value
+                by_priority[(ch, q, a.priority or NO_PRIORITY)][judged] += 1
+                daily[t.started_at.astimezone(zone).date().isoformat()][judged] += 1
             if t.response_seconds is not None:
                 responses[key].append(t.response_seconds)
             if t.outcome is Outcome.BREACHED:  # answered late, or never (so far)
@@ -290,6 +298,7 @@ def report(
             "late": counts.get("late", 0),
             "never_answered": counts.get("never_answered", 0),
             "compliance": round(met / (met + breached), 4) if met + breached else None,
+            "objective": config.settings.objectives.for_series(ch, q, tg),
         }
         row["response_seconds"] = _percentiles(sorted(responses.get((ch, q, tg), [])))
         rows.append(row)
@@ -312,7 +321,13 @@ def report(
     ]
     with store.begin() as tx:
         horizons = tx.archive.horizons()
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {
+        "priorities": [
+            {"channel": ch, "queue": q, "priority": p, **_judged(c)}
+            for (ch, q, p), c in sorted(by_priority.items())
+        ],
+        "daily": [{"day": day, **_judged(c)} for day, c in sorted(daily.items())],
+    }
     if by:
         result["by"] = by
         result["people"] = [
@@ -340,6 +355,12 @@ def report(
 
 
 UNKNOWN_PERSON = "(not named by the source)"
+
+
+def _judged(counts: dict[str, int]) -> dict[str, Any]:
+    met, breached = counts.get("met", 0), counts.get("breached", 0)
+    share = round(met / (met + breached), 4) if met + breached else None
+    return {"met": met, "breached": breached, "compliance": share}
 
 
 def breaches(
@@ -379,8 +400,14 @@ def breaches(
                     "started_at": iso(t.started_at),
                     "deadline": iso(t.deadline),
                     "answered_at": iso(answered) if answered else None,
-                    # how far past the deadline the answer came, or has not come yet
-                    "late_seconds": ((answered or as_of) - t.deadline).total_seconds(),
+                    # still waiting now, or the wait ended unanswered (a caller hung up,
+                    # the contact was closed)
+                    "waiting": t.is_open,
+                    # how far past the deadline the answer came, the wait ended, or it has
+                    # gone on so far
+                    "late_seconds": (
+                        (answered or t.ended_at or as_of) - t.deadline
+                    ).total_seconds(),
                     "answered_by": t.answered_by,
                     "answered_team": t.answered_team,
                     "link": contact_link(links.get(ev.key[0]), *ev.key),
