@@ -23,7 +23,8 @@ F = 'channel=~"$channel",queue=~"$queue",priority=~"$priority"'  # series with a
 G = 'channel=~"$channel",queue=~"$queue"'  # the rest (oldest wait, repeats, recording rules)
 INSTANT_PANELS = ("table", "bargauge")
 HIDE_TIME = {"id": "organize", "options": {"excludeByName": {"Time": True}}}
-RUNBOOKS = "http://localhost:9799/runbooks"
+MONITOR = "http://localhost:9799"  # the monitor's external_url (docs/deploy.md)
+RUNBOOKS = f"{MONITOR}/runbooks"
 
 
 def variable(name: str, query: str, label: str) -> dict[str, Any]:
@@ -118,6 +119,24 @@ class Board:
             "options": options,
         }
         self.panels.append(p)
+        self.x += w
+        self.row_h = max(self.row_h, h)
+
+    def text(self, title: str, description: str, markdown: str, w: int = 12, h: int = 8) -> None:
+        """A panel of words and links (no query)."""
+        if self.x + w > 24:
+            self.x, self.y = 0, self.y + self.row_h
+            self.row_h = 0
+        self.panels.append(
+            {
+                "id": len(self.panels) + 1,
+                "type": "text",
+                "title": title,
+                "description": description,
+                "gridPos": {"x": self.x, "y": self.y, "w": w, "h": h},
+                "options": {"mode": "markdown", "content": markdown},
+            }
+        )
         self.x += w
         self.row_h = max(self.row_h, h)
 
@@ -243,6 +262,20 @@ def support_overview() -> Board:
         w=12,
         h=8,
         transformations=[HIDE_TIME],
+    )
+    b.text(
+        "Lapsing now, contact by contact",
+        "Which contacts, with links: the monitor's own list, and the pages in Alertmanager.",
+        "Each breached contact is paged to on-call as **AcknowledgementLapsed**, with a link "
+        "to the contact in its source.\n\n"
+        f"- [**Lapsing now** — every contact breached or at risk, with links]({MONITOR}/lapsing) "
+        "(served by the monitor; refreshes itself)\n"
+        "- [**Pages in Alertmanager**](/alerting/groups?alertmanager=Alertmanager"
+        "&groupBy=alertname) (Grafana's Alerting view of the provisioned Alertmanager "
+        "data source: silence or inspect a page)\n"
+        "- `sla-monitor breaches --since 7d` — the lapses of a period, to forward",
+        w=12,
+        h=8,
     )
     b.panel(
         "table",

@@ -11,22 +11,26 @@ import socket
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
 
 from sla_monitor.adapters import open_store
-from sla_monitor.config import ConfigError, load_config
+from sla_monitor.adapters.abc import Store
+from sla_monitor.config import Config, ConfigError, load_config
 from sla_monitor.publishing.alertmanager import AlertmanagerPublisher, DeliveryCollector
 from sla_monitor.publishing.metrics import MonitorCollector
-from sla_monitor.service_layer.clock import choose_clock
+from sla_monitor.service_layer.clock import Clock, choose_clock
 from sla_monitor.service_layer.monitor import Monitor
+from sla_monitor.service_layer.recompute import lapsing_now
 from sla_monitor.service_layer.runtime import Endpoint, Runtime, alive_within
 from sla_monitor.sources import build_source, secrets_of_source, validate_source_config
 from sla_monitor.sources.abc import SourceContext
 
 # (registry, listen address, web config file: TLS and basic auth)
-Serve = Callable[[CollectorRegistry, str, str | None], Endpoint]
+Lapsing = Callable[[], list[dict[str, Any]]]  # the contacts lapsed or at risk now (/lapsing)
+Serve = Callable[[CollectorRegistry, str, str | None, Lapsing], Endpoint]
 
 
 def build_app(
@@ -83,8 +87,13 @@ def build_app(
     registry.register(ProcessCollector(registry=None))
     if serve is not None:
         web = web_config or config.web_config_path
-        runtime.endpoint = serve(registry, listen or config.settings.listen, web)
+        lapsing = partial(_lapsing, store, config, clock)
+        runtime.endpoint = serve(registry, listen or config.settings.listen, web, lapsing)
     return runtime
+
+
+def _lapsing(store: Store, config: Config, clock: Clock) -> list[dict[str, Any]]:
+    return lapsing_now(store, config, clock.now())
 
 
 def _publisher(runtime: Runtime) -> AlertmanagerPublisher | None:

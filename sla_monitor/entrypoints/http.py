@@ -10,10 +10,13 @@ so half-open connections cannot pile up threads and memory.
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import ssl
 import threading
 from collections.abc import Callable
+from datetime import timedelta
+from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
 from typing import Any
@@ -23,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from sla_monitor.config import parse_listen
+from sla_monitor.domain.timeutil import format_duration
 from sla_monitor.entrypoints.webconfig import WebConfig, load_web_config
 
 
@@ -35,6 +39,54 @@ def runbook(name: str) -> bytes | None:
 
 
 log = logging.getLogger(__name__)
+
+Lapsing = Callable[[], list[dict[str, Any]]]  # the contacts lapsed or at risk now
+
+
+def lapsing_page(rows: list[dict[str, Any]]) -> str:
+    """/lapsing for a person: one table, oldest deadline first, links to the contacts."""
+    cells = []
+    for r in rows:
+        contact = escape(r["contact"])
+        if r["link"]:
+            contact = f'<a href="{escape(r["link"])}">{contact}</a>'
+        late = r["late_seconds"]
+        when = (
+            "paused"
+            if late is None
+            else (f"{_took(late)} late" if late >= 0 else f"due in {_took(-late)}")
+        )
+        cells.append(
+            f'<tr class="{escape(r["state"])}"><td>{escape(r["state"].replace("_", " "))}</td>'
+            f"<td>{contact}</td><td>{escape(r['channel'])}/{escape(r['queue'])}</td>"
+            f"<td>{escape(r['priority'])}</td><td>{escape(r['target'])}</td><td>{when}</td>"
+            f"<td>{escape(r['deadline'] or '')}</td></tr>"
+        )
+    table = (
+        "<table><tr><th>state</th><th>contact</th><th>queue</th><th>priority</th>"
+        "<th>target</th><th>when</th><th>deadline (UTC)</th></tr>" + "".join(cells) + "</table>"
+        if rows
+        else "<p>Nothing lapsed or at risk now.</p>"
+    )
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta http-equiv="refresh" content="30">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        "<title>Lapsing now: sla-monitor</title><style>"
+        "body{font:15px system-ui,sans-serif;margin:1rem}table{border-collapse:collapse}"
+        "td,th{padding:.25rem .5rem;border-bottom:1px solid #ddd;text-align:left}"
+        "tr.breached td:first-child{color:#c62828;font-weight:600}"
+        "tr.at_risk td:first-child{color:#b26a00}</style></head><body>"
+        f"<h1>Lapsing now ({len(rows)})</h1>{table}"
+        "<p>Each breached contact is also paged to on-call (AcknowledgementLapsed). "
+        'This page refreshes every 30 s; <a href="?format=json">as JSON</a>.</p>'
+        "</body></html>"
+    )
+
+
+def _took(seconds: float) -> str:
+    return format_duration(timedelta(seconds=round(seconds))) if seconds >= 1 else "0s"
+
 
 MAX_CONNECTIONS = 64
 TIMEOUT_SECONDS = 10.0
@@ -93,6 +145,7 @@ def serve(
     max_connections: int = MAX_CONNECTIONS,
     idle_timeout: float = TIMEOUT_SECONDS,
     web: WebConfig | None = None,
+    lapsing: Lapsing | None = None,
 ) -> BoundedServer:
     access = web or WebConfig()
 
@@ -113,12 +166,16 @@ def serve(
 
         def _respond(self, body: bool) -> None:
             url = urlsplit(self.path)
-            if url.path == "/metrics":
+            if url.path in ("/metrics", "/lapsing"):
+                # both say what the desk is doing (the list names customers): one lock
                 if not access.allows(self.headers.get("Authorization")):
                     headers = {"WWW-Authenticate": 'Basic realm="sla-monitor"'}
                     self._send(401, b"unauthorized\n", body, headers=headers)
                     return
-                self._metrics(parse_qs(url.query), body)
+                if url.path == "/metrics":
+                    self._metrics(parse_qs(url.query), body)
+                else:
+                    self._lapsing(parse_qs(url.query), body)
             elif url.path == "/healthz":
                 ok = healthy()
                 self._send(200 if ok else 503, b"ok\n" if ok else b"scheduler stopped\n", body)
@@ -131,6 +188,22 @@ def serve(
                 self._send(200, b"sla-monitor: see /metrics, /healthz, /readyz, /runbooks\n", body)
             else:
                 self._send(404, b"not found\n", body)
+
+        def _lapsing(self, params: dict[str, list[str]], body: bool) -> None:
+            """The contacts lapsed or at risk now, with links: HTML for a person (it
+            refreshes itself), JSON for a tool (`?format=json` or Accept)."""
+            if lapsing is None:
+                self._send(404, b"not found\n", body)
+                return
+            rows = lapsing()
+            wants_json = params.get("format") == ["json"] or "application/json" in (
+                self.headers.get("Accept") or ""
+            )
+            if wants_json:
+                payload = json.dumps({"lapsing": rows}, indent=2).encode()
+                self._send(200, payload, body, "application/json")
+            else:
+                self._send(200, lapsing_page(rows).encode(), body, "text/html; charset=utf-8")
 
         def _runbook(self, name: str, body: bool) -> None:
             """The runbooks of the running version (every alert's `runbook_url`), as the
@@ -187,15 +260,28 @@ class MetricsServer:
     """The runtime's endpoint (service_layer/runtime.py `Endpoint`) on `serve`."""
 
     def __init__(
-        self, registry: CollectorRegistry, listen: str, web_config: str | None = None
+        self,
+        registry: CollectorRegistry,
+        listen: str,
+        web_config: str | None = None,
+        lapsing: Lapsing | None = None,
     ) -> None:
         self.registry = registry
+        self.lapsing = lapsing
         self.host, self.port = parse_listen(listen)
         self.web = load_web_config(web_config) if web_config else WebConfig()
         self.server: BoundedServer | None = None
 
     def start(self, healthy: Callable[[], bool], readiness: Callable[[], tuple[bool, str]]) -> None:
-        self.server = serve(self.host, self.port, self.registry, healthy, readiness, web=self.web)
+        self.server = serve(
+            self.host,
+            self.port,
+            self.registry,
+            healthy,
+            readiness,
+            web=self.web,
+            lapsing=self.lapsing,
+        )
         self.port = self.server.server_port
         log.info(
             "serving /metrics, /healthz, /readyz on %s://%s:%d%s",

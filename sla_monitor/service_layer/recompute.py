@@ -487,3 +487,33 @@ def explain(
             for t in ev.targets
         ],
     }
+
+
+def lapsing_now(store: Store, config: Config, now: datetime) -> list[dict[str, Any]]:
+    """The contacts lapsed or about to lapse now (open targets breached or at risk, as the
+    monitor last stored them): what on-call is paged for, as one list with links, oldest
+    deadline first."""
+    links = {s.name: s.contact_url for s in config.settings.sources}
+    with store.read() as tx:
+        rows = tx.state.alerting()
+    out = []
+    for r in rows:
+        deadline = from_micros(r.deadline_us) if r.deadline_us is not None else None
+        out.append(
+            {
+                "contact": f"{r.source}:{r.conversation_id}",
+                "state": r.state,
+                "channel": r.channel,
+                "queue": r.queue,
+                "priority": r.priority,
+                "target": r.target,
+                "customer": r.customer_id,
+                "started_at": iso(from_micros(r.started_us)),
+                "deadline": iso(deadline) if deadline else None,
+                # past the deadline (> 0) or still before it (< 0)
+                "late_seconds": (now - deadline).total_seconds() if deadline else None,
+                "link": contact_link(links.get(r.source), r.source, r.conversation_id),
+            }
+        )
+    out.sort(key=lambda x: (x["deadline"] or "", x["contact"], x["target"]))
+    return out

@@ -165,12 +165,12 @@ def test_dashboards_are_grafana_dashboards() -> None:
         assert variables["datasource"]["type"] == "datasource"
         # every variable filters something, and every filter is a variable (a lead who
         # picks a priority must see every panel that has one follow it)
-        exprs = " ".join(t["expr"] for p in board["panels"] for t in p["targets"])
+        exprs = " ".join(t["expr"] for p in board["panels"] for t in p.get("targets", []))
         used = {v for v in re.findall(r"\$(\w+)", exprs) if not v.startswith("__")}
         assert set(variables) - {"datasource"} == used, path.name
         if "sla_contacts_opened_total" in exprs:
             for panel in board["panels"]:
-                for t in panel["targets"]:
+                for t in panel.get("targets", []):
                     if (
                         re.search(
                             r"sla_(target_outcomes|open_targets|response_seconds|contacts_opened)",
@@ -182,8 +182,11 @@ def test_dashboards_are_grafana_dashboards() -> None:
         ids = [p["id"] for p in board["panels"]]
         assert len(ids) == len(set(ids))
         for panel in board["panels"]:
-            assert panel["datasource"]["uid"] == "${datasource}"
-            assert panel["title"] and panel["description"] and panel["targets"]
+            assert panel["title"] and panel["description"]
+            if panel["type"] == "text":  # words and links, no query
+                assert panel["options"]["content"].strip()
+                continue
+            assert panel["datasource"]["uid"] == "${datasource}" and panel["targets"]
             g = panel["gridPos"]
             assert g["x"] >= 0 and g["x"] + g["w"] <= 24
             for target in panel["targets"]:
@@ -197,3 +200,19 @@ def test_readme_describes_every_dashboard_panel() -> None:
         assert f"dashboards/{path.name}" in readme
         for panel in board["panels"]:
             assert panel["title"] in readme, f"README does not describe panel {panel['title']!r}"
+
+
+def test_grafana_has_the_alertmanager_and_the_lead_a_way_to_each_lapsing_contact() -> None:
+    """Per-contact lapses are not metrics (no label per contact): the support overview links
+    to the monitor's /lapsing list and to Grafana's view of the provisioned Alertmanager."""
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    sources = yaml.safe_load(
+        (ROOT / "config/grafana/provisioning/datasources/alertmanager.yml").read_text()
+    )["datasources"]
+    (am,) = [d for d in sources if d["type"] == "alertmanager"]
+    assert am["jsonData"]["implementation"] == "prometheus"
+    assert am["url"] == "http://alertmanager:9093" and "alertmanager" in compose["services"]
+    board = json.loads((ROOT / "dashboards" / "support-overview.json").read_text())
+    (panel,) = [p for p in board["panels"] if p["title"] == "Lapsing now, contact by contact"]
+    content = panel["options"]["content"]
+    assert "http://localhost:9799/lapsing" in content and f"alertmanager={am['name']}" in content

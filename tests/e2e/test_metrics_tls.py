@@ -99,6 +99,10 @@ scrape_configs:
             right = client.get(base + "/metrics", auth=("prometheus", PASSWORD))
             assert right.status_code == 200 and b"sla_build_info" in right.content
             assert client.get(base + "/healthz").status_code == 200  # probes stay open
+            # the list of lapsing contacts names customers: behind the same lock
+            assert client.get(base + "/lapsing").status_code == 401
+            listed = client.get(base + "/lapsing?format=json", auth=("prometheus", PASSWORD))
+            assert listed.status_code == 200 and "lapsing" in listed.json()
         with pytest.raises(httpx.HTTPError):  # plain HTTP is not served on a TLS port
             httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
     finally:

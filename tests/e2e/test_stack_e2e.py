@@ -132,6 +132,18 @@ scrape_configs:
         assert labels["severity"] == "page" and labels["source"] == "demo"
         source, conversation = labels["contact"].split(":", 1)
         assert page["annotations"]["link"] == LINK.format(conversation_id=conversation)
+
+        # the monitor's own list of what is lapsing now: breached contacts, with links
+        def lapsing() -> list[dict[str, Any]]:
+            url = f"http://127.0.0.1:{port}/lapsing?format=json"
+            rows = httpx.get(url, timeout=5).json()["lapsing"]
+            return [r for r in rows if r["state"] == "breached"]
+
+        row = wait_for("a breached contact on /lapsing", lapsing, 30)[0]
+        conv = row["contact"].split(":", 1)[1]
+        assert row["link"] == LINK.format(conversation_id=conv) and row["late_seconds"] > 0
+        html = httpx.get(f"http://127.0.0.1:{port}/lapsing", timeout=5).text
+        assert 'href="https://desk.example.com/tickets/' in html and "Lapsing now" in html
         # its runbook, served by the monitor that paged (external_url: localhost and its port)
         runbook = httpx.get(page["annotations"]["runbook_url"], timeout=5)
         assert runbook.status_code == 200 and runbook.text.startswith("# AcknowledgementLapsed")
