@@ -220,11 +220,21 @@ class MatchConfig(_Model):
         return [v] if isinstance(v, str) else v
 
 
+class ServiceLevelConfig(_Model):
+    # answered within threshold / (answered + abandoned after threshold) by default;
+    # contact centres differ on whether abandons before the threshold count.
+    formula: Literal["late_abandons", "all_abandons", "all_abandons_and_short"] = "late_abandons"
+
+
 class RuleConfig(_Model):
     name: str
     match: MatchConfig = MatchConfig()
     targets: dict[TargetName, TargetConfig]
     close_after: timedelta | None = None  # idle this long: closed (open clocks end)
+    # contact centres set these per queue: a call abandoned within this is noise (default:
+    # policy.short_abandon), and which abandons the service level counts (its queues only)
+    short_abandon: timedelta | None = None
+    service_level: ServiceLevelConfig | None = None
 
     @field_validator("close_after", mode="before")
     @classmethod
@@ -236,11 +246,18 @@ class RuleConfig(_Model):
             raise ValueError("close_after must be longer than 0")
         return d
 
+    @field_validator("short_abandon", mode="before")
+    @classmethod
+    def _short_abandon(cls, v: Any) -> timedelta | None:
+        return None if v is None else _duration(v)
 
-class ServiceLevelConfig(_Model):
-    # answered within threshold / (answered + abandoned after threshold) by default;
-    # contact centres differ on whether abandons before the threshold count.
-    formula: Literal["late_abandons", "all_abandons", "all_abandons_and_short"] = "late_abandons"
+    @model_validator(mode="after")
+    def _formula_names_its_queues(self) -> RuleConfig:
+        if self.service_level is not None and not self.match.queue:
+            raise ValueError(
+                "service_level in a rule applies to the queues it matches: give match.queue"
+            )
+        return self
 
 
 class PolicyConfig(_Model):
@@ -499,6 +516,14 @@ class Config:
         db = self.settings.database
         return db if isinstance(db, str) else db.resolve()
 
+    def formula_for(self, queue: str) -> str:
+        """The phone service level formula of a queue: the first rule that names the queue
+        and sets one, else policy.service_level.formula."""
+        for rule in self.settings.policy.rules:
+            if rule.service_level is not None and rule.match.queue and queue in rule.match.queue:
+                return rule.service_level.formula
+        return self.service_level_formula
+
     def preflight(self, check_source: SourceCheck, database: bool = True) -> list[str]:
         """What `run` would meet that a check can find without side effects: each
         source's `check_source` problems (secrets unreadable, files missing) and a database
@@ -745,6 +770,7 @@ def load_config(path: str | os.PathLike[str], check_source: SourceCheck | None =
                     frozenset(tc.fulfilled_by) if tc.fulfilled_by is not None else None,
                     tc.severity,
                     tc.at_risk,
+                    rc.short_abandon,
                 )
             )
         m = rc.match

@@ -351,7 +351,8 @@ def _judge(
                 outcome, decided = Outcome.BREACHED, deadline
         elif c.end_kind == "abandoned":
             waited = _elapsed(spec.clock, c.start, c.end, pauses)
-            if waited <= policy.short_abandon:
+            short = policy.short_abandon if spec.short_abandon is None else spec.short_abandon
+            if waited <= short:
                 outcome, decided = Outcome.ABANDONED_SHORT, c.end
             elif deadline is None or c.end < deadline:
                 outcome, decided = Outcome.ABANDONED, c.end

@@ -69,6 +69,7 @@ class TargetSpec:
     fulfilled_by: frozenset[EventKind] | None = None
     severity: str | None = None  # page | ticket | none (default per target)
     at_risk: str | None = None  # warning | ticket | none (default per target)
+    short_abandon: timedelta | None = None  # this rule's; None: the policy's
 
     @property
     def lapse_severity(self) -> str:

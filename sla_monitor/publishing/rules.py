@@ -73,13 +73,15 @@ def render_rules(config: Config, runbooks_url: str) -> str:
         "    rules:",
     ]
 
-    def record(name: str, expr: str, comment: str = "") -> None:
+    def record(name: str, expr: str, comment: str = "", labels: str = "") -> None:
         out.append(f"      - record: {name}")
         if "\n" in expr:
             out.append("        expr: |")
             out.extend(f"          {line}" for line in expr.splitlines())
         else:
             out.append(f"        expr: {expr}" + (f"  # {comment}" if comment else ""))
+        if labels:
+            out.append(f"        labels: {{{labels}}}")
 
     for w in windows:
         record(
@@ -111,12 +113,30 @@ def render_rules(config: Config, runbooks_url: str) -> str:
     )
     record("sla:source_watermark_lag:seconds", "time() - sla_source_watermark_timestamp_seconds")
     phone = 'channel="phone",target="answer"'
-    judged = SERVICE_LEVEL_OUTCOMES[config.service_level_formula]
-    for w in ("1h", "1d"):
+    # the service level per queue, under the formula its rule sets (else the policy's);
+    # the calls it judges in the last hour, for the low-traffic guard
+    named = sorted({q for r in config.settings.policy.rules for q in r.match.queue or []})
+    by_formula: dict[str, list[str]] = {}
+    for queue in named:
+        if (formula := config.formula_for(queue)) != config.service_level_formula:
+            by_formula.setdefault(formula, []).append(queue)
+    others = "|".join(q for qs in by_formula.values() for q in qs)
+    groups = [
+        *((f, f',queue=~"{"|".join(qs)}"') for f, qs in sorted(by_formula.items())),
+        (config.service_level_formula, f',queue!~"{others}"' if others else ""),
+    ]
+    for formula, sel in groups:
+        judged = SERVICE_LEVEL_OUTCOMES[formula]
+        for w in ("1h", "1d"):
+            record(
+                f"sla:phone_service_level:ratio_rate{w}",
+                f'sum by (queue) (rate({OUTCOMES}{{{phone}{sel},outcome="met"}}[{w}]))\n/\n'
+                f'sum by (queue) (rate({OUTCOMES}{{{phone}{sel},outcome=~"{judged}"}}[{w}]))',
+                labels=f"formula: {formula}",
+            )
         record(
-            f"sla:phone_service_level:ratio_rate{w}",
-            f'sum by (queue) (rate({OUTCOMES}{{{phone},outcome="met"}}[{w}]))\n/\n'
-            f'sum by (queue) (rate({OUTCOMES}{{{phone},outcome=~"{judged}"}}[{w}]))',
+            "sla:phone_service_level_calls:increase1h",
+            f'sum by (queue) (increase({OUTCOMES}{{{phone}{sel},outcome=~"{judged}"}}[1h]))',
         )
     goals = o.phone_service_level_by_queue
     for queue, goal in sorted(goals.items()):
@@ -206,14 +226,13 @@ def render_rules(config: Config, runbooks_url: str) -> str:
             "(sla:phone_service_level:ratio_rate1h < on(queue) group_left() "
             "sla:phone_service_level_goal:ratio)\n"
             "and on(queue)\n"
-            f'sum by (queue) (increase({OUTCOMES}{{{phone},outcome=~"{judged}"}}[1h])) '
-            f">= {o.min_events}",
+            f"sla:phone_service_level_calls:increase1h >= {o.min_events}",
             "15m",
             "warning",
             "Phone service level in {{ $labels.queue }} is {{ $value | humanizePercentage }}, "
             "below goal",
             "Fewer calls than the goal were answered within the answer target over the last "
-            f"hour ({config.service_level_formula}).",
+            "hour ({{ $labels.formula }}).",
         ),
         (
             "SLASourceDown",

@@ -303,16 +303,16 @@ def report(
         row["response_seconds"] = _percentiles(sorted(responses.get((ch, q, tg), [])))
         rows.append(row)
     service_level = []
-    denominator = SERVICE_LEVEL_DENOMINATORS[config.service_level_formula]
     for row in rows:
         if row["target"] == "answer":
-            total = sum(row[k] for k in denominator)
+            formula = config.formula_for(row["queue"])  # contact centres set it per queue
+            total = sum(row[k] for k in SERVICE_LEVEL_DENOMINATORS[formula])
             service_level.append(
                 {
                     "channel": row["channel"],
                     "queue": row["queue"],
                     "value": round(row["met"] / total, 4) if total else None,
-                    "formula": config.service_level_formula,
+                    "formula": formula,
                 }
             )
     contacts = [

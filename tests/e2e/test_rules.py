@@ -37,7 +37,17 @@ def test_objectives_per_queue_period_guard_and_phone_goals_hold_in_promtool(
     text = text.replace(
         "listen: 0.0.0.0:9799", "listen: 0.0.0.0:9799\nexternal_url: https://sla.example.com/"
     )
-    text = text.replace("formula: late_abandons", "formula: all_abandons")
+    # sales-line's calls are judged counting every abandon (the rest: late ones only)
+    phone = "    - name: phone\n"
+    assert phone in text
+    text = text.replace(
+        phone,
+        "    - name: sales-phone\n"
+        "      match: {channel: phone, queue: sales-line}\n"
+        "      service_level: {formula: all_abandons}\n"
+        "      short_abandon: 10s\n"
+        "      targets: {answer: {within: 20s}}\n" + phone,
+    )
     config = tmp_path / "sla.yaml"
     head, rest = text.split("\nobjectives:", 1)
     config.write_text(head + "\n" + OBJECTIVES + "\nsources:" + rest.split("\nsources:", 1)[1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,25 @@ def test_a_queue_label_bound_smaller_than_the_queues_it_must_keep_is_an_error(
         load_config(write(tmp_path, text), validate_source_config)
     fine = GOOD.replace(old, "    queues: [billing]\n    queue_labels: {allow: [sales], max: 2}")
     load_config(write(tmp_path, fine), validate_source_config)
+
+
+def test_a_rule_sets_short_abandon_and_the_service_level_formula_for_its_queues(
+    tmp_path: Path,
+) -> None:
+    phone = "    - name: phone\n"
+    rule = (
+        "    - name: sales-phone\n"
+        "      match: {channel: phone, queue: sales-line}\n"
+        "      short_abandon: 10s\n"
+        "      service_level: {formula: all_abandons}\n"
+        "      targets: {answer: {within: 30s}}\n"
+    )
+    config = load_config(write(tmp_path, GOOD.replace(phone, rule + phone)), validate_source_config)
+    assert config.formula_for("sales-line") == "all_abandons"
+    assert config.formula_for("support-line") == "late_abandons"  # the policy's
+    sales = config.policy.rules[0]
+    assert sales.name == "sales-phone" and sales.targets[0].short_abandon == timedelta(seconds=10)
+    assert config.policy.rules[1].targets[0].short_abandon is None
+    unnamed = rule.replace("match: {channel: phone, queue: sales-line}", "match: {channel: phone}")
+    with pytest.raises(ConfigError, match="service_level in a rule applies to the queues"):
+        load_config(write(tmp_path, GOOD.replace(phone, unnamed + phone)), validate_source_config)

@@ -299,6 +299,31 @@ class TestPhone:
         )
         assert ts[("answer", 0)].outcome is outcome
 
+    @pytest.mark.parametrize(
+        ("after", "rule_short", "outcome"),
+        [
+            (8, None, Outcome.ABANDONED),  # the policy's 5 s
+            (8, 10, Outcome.ABANDONED_SHORT),
+            (4, None, Outcome.ABANDONED_SHORT),
+            (4, 0, Outcome.ABANDONED),  # a rule that counts every abandon
+        ],
+    )
+    def test_a_rule_sets_its_own_short_abandon(
+        self, after: int, rule_short: int | None, outcome: Outcome
+    ) -> None:
+        """Contact centres set the threshold per queue: a rule's `short_abandon` wins over
+        the policy's (5 s), zero included."""
+        short = None if rule_short is None else timedelta(seconds=rule_short)
+        answer = (TargetSpec(TargetName.ANSWER, timedelta(seconds=20), short_abandon=short),)
+        ts = targets(
+            [
+                ev("call_queued", T0, channel="phone"),
+                ev("call_abandoned", at(seconds=after), channel="phone"),
+            ],
+            pol=policy(phone=answer),
+        )
+        assert ts[("answer", 0)].outcome is outcome
+
     def test_answered_in_time_and_late(self) -> None:
         ok = targets(
             [
