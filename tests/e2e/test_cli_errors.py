@@ -19,7 +19,9 @@ import pytest
 
 from ..conftest import DATA, SHIPPED_CONFIG
 
-SCRIPT = shutil.which("sla-monitor") or str(Path(sys.executable).parent / "sla-monitor")
+# the console script of the Python running the tests (not whichever is first on PATH)
+_BESIDE = Path(sys.executable).parent / "sla-monitor"
+SCRIPT = str(_BESIDE) if _BESIDE.exists() else shutil.which("sla-monitor") or "sla-monitor"
 CFG = str(SHIPPED_CONFIG)
 
 
