@@ -280,13 +280,15 @@ def contact_link(template: str | None, source: str, conversation_id: str) -> str
 
 
 class ObjectiveMatch(_Model):
-    """Which series an objective is for (labels of `sla_target_outcomes_total`)."""
+    """Which series an objective is for (labels of `sla_target_outcomes_total`). With a
+    priority, it is a promise to that priority within the queue, on top of the queue's."""
 
     channel: list[str] | None = None
     queue: list[str] | None = None
     target: list[str] | None = None
+    priority: list[str] | None = None
 
-    @field_validator("channel", "queue", "target", mode="before")
+    @field_validator("channel", "queue", "target", "priority", mode="before")
     @classmethod
     def _listify(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
@@ -311,7 +313,7 @@ class ObjectivesConfig(_Model):
         """The objective of one channel/queue/target: the first entry that matches it."""
         for entry in self.rules:
             m = entry.match
-            if (
+            if m.priority is None and (
                 (m.channel is None or channel in m.channel)
                 and (m.queue is None or queue in m.queue)
                 and (m.target is None or target in m.target)

@@ -16,6 +16,8 @@ from sla_monitor.config import Config, ObjectiveMatch
 from sla_monitor.domain.timeutil import format_duration
 
 LABELS = "channel, queue, target"
+PLABELS = "channel, queue, priority, target"  # objectives promised to a priority
+PRIORITY = "{{ with $labels.priority }} ({{ . }} priority){{ end }}"  # in an alert summary
 OUTCOMES = "sla_target_outcomes_total"
 JUDGED = 'outcome=~"met|breached"'
 # (long window, short window, share of the period's budget it spends) per burn-rate pair
@@ -38,7 +40,7 @@ def _window(period: timedelta) -> str:
 
 def _matchers(m: ObjectiveMatch, extra: str = "") -> str:
     parts = [extra] if extra else []
-    for label in ("channel", "queue", "target"):
+    for label in ("channel", "queue", "target", "priority"):
         values = getattr(m, label)
         if values:
             quoted = "|".join(sorted(values))
@@ -94,7 +96,7 @@ def render_rules(config: Config, runbooks_url: str) -> str:
     # whatever the scrape interval)
     judged_in_period = f"sla:target_error_ratio:rate{period}"
     seen: list[str] = []
-    for entry in o.rules:
+    for entry in (e for e in o.rules if not e.match.priority):
         sel = _matchers(entry.match)
         base = f"0 * ({judged_in_period}{sel} >= 0) + {entry.ratio:g}"
         if seen:
@@ -111,6 +113,31 @@ def render_rules(config: Config, runbooks_url: str) -> str:
         "sla:error_budget_remaining:ratio",
         f"1 - sla:target_error_ratio:rate{period} / on({LABELS}) (1 - sla:objective:ratio)",
     )
+    # promises to a priority within a queue (urgent first replies at 99 %): the same, per
+    # priority, for the priorities named only; the first such entry that matches wins
+    promised = [e for e in o.rules if e.match.priority]
+    wanted = "|".join(sorted({p for e in promised for p in e.match.priority or []}))
+    if promised:
+        only = f'priority=~"{wanted}"'
+        for w in windows:
+            record(
+                f"sla:target_error_ratio_by_priority:rate{w}",
+                f'sum by ({PLABELS}) (rate({OUTCOMES}{{outcome="breached",{only}}}[{w}]))\n/\n'
+                f"sum by ({PLABELS}) (rate({OUTCOMES}{{{JUDGED},{only}}}[{w}]))",
+            )
+        judged_p = f"sla:target_error_ratio_by_priority:rate{period}"
+        taken: list[str] = []
+        for entry in promised:
+            sel = _matchers(entry.match)
+            base = f"0 * ({judged_p}{sel} >= 0) + {entry.ratio:g}"
+            if taken:
+                base = f"({base})\nunless on({PLABELS})\n(" + "\nor\n".join(taken) + ")"
+            record("sla:objective_by_priority:ratio", base)
+            taken.append(f"{judged_p}{sel}")
+        record(
+            "sla:error_budget_remaining_by_priority:ratio",
+            f"1 - {judged_p} / on({PLABELS}) (1 - sla:objective_by_priority:ratio)",
+        )
     record("sla:source_watermark_lag:seconds", "time() - sla_source_watermark_timestamp_seconds")
     phone = 'channel="phone",target="answer"'
     # the service level per queue, under the formula its rule sets (else the policy's);
@@ -153,25 +180,38 @@ def render_rules(config: Config, runbooks_url: str) -> str:
 
     out += ["", "  - name: sla-monitor.alerts", "    rules:"]
 
-    def guard(window: str) -> str:
+    def guard(window: str, labels: str, only: str = "") -> str:
         return (
-            f"and on({LABELS})\n"
-            f"sum by ({LABELS}) (increase({OUTCOMES}{{{JUDGED}}}[{window}])) >= {o.min_events}"
+            f"and on({labels})\n"
+            f"sum by ({labels}) (increase({OUTCOMES}{{{JUDGED}{only}}}[{window}])) "
+            f">= {o.min_events}"
         )
 
     def burn(pairs: tuple[tuple[str, str, float], ...]) -> str:
-        parts = []
-        for long, short, share in pairs:
-            factor = _factor(share, o.period, long)
-            budget = f"({factor} * (1 - sla:objective:ratio))"
-            parts.append(
-                "(\n"
-                f"  sla:target_error_ratio:rate{long} > on({LABELS}) group_left() {budget}\n"
-                "  and\n"
-                f"  sla:target_error_ratio:rate{short} > on({LABELS}) group_left() {budget}\n"
-                + "".join(f"  {line}\n" for line in guard(long).splitlines())
-                + ")"
+        kinds = [("sla:target_error_ratio", "sla:objective:ratio", LABELS, "")]
+        if promised:
+            only = f',priority=~"{wanted}"'
+            kinds.append(
+                (
+                    "sla:target_error_ratio_by_priority",
+                    "sla:objective_by_priority:ratio",
+                    PLABELS,
+                    only,
+                )
             )
+        parts = []
+        for ratio, objective, labels, only in kinds:
+            for long, short, share in pairs:
+                factor = _factor(share, o.period, long)
+                budget = f"({factor} * (1 - {objective}))"
+                parts.append(
+                    "(\n"
+                    f"  {ratio}:rate{long} > on({labels}) group_left() {budget}\n"
+                    "  and\n"
+                    f"  {ratio}:rate{short} > on({labels}) group_left() {budget}\n"
+                    + "".join(f"  {line}\n" for line in guard(long, labels, only).splitlines())
+                    + ")"
+                )
         return "\nor\n".join(parts)
 
     def describe(pairs: tuple[tuple[str, str, float], ...]) -> str:
@@ -205,8 +245,9 @@ def render_rules(config: Config, runbooks_url: str) -> str:
             burn(FAST),
             "2m",
             "page",
-            "{{ $labels.target }} in {{ $labels.channel }}/{{ $labels.queue }} is burning its "
-            "error budget fast ({{ $value | humanizePercentage }} breached)",
+            "{{ $labels.target }} in {{ $labels.channel }}/{{ $labels.queue }}"
+            f"{PRIORITY} is burning its error budget fast "
+            "({{ $value | humanizePercentage }} breached)",
             f"At this rate the error budget of {period} for {{{{ $labels.target }}}} is gone "
             f"within days (multi-window burn rate: {describe(FAST)}; at least "
             f"{o.min_events} targets judged).",
@@ -216,8 +257,9 @@ def render_rules(config: Config, runbooks_url: str) -> str:
             burn(SLOW),
             "15m",
             "ticket",
-            "{{ $labels.target }} in {{ $labels.channel }}/{{ $labels.queue }} is steadily "
-            "missing its objective ({{ $value | humanizePercentage }} breached)",
+            "{{ $labels.target }} in {{ $labels.channel }}/{{ $labels.queue }}"
+            f"{PRIORITY} is steadily missing its objective "
+            "({{ $value | humanizePercentage }} breached)",
             f"The objective over {period} will be missed unless staffing or routing changes "
             f"(burn rate {describe(SLOW)}; at least {o.min_events} targets judged).",
         ),

@@ -19,6 +19,8 @@ objectives:
   rules:
     - match: {queue: billing, target: first_reply}
       ratio: 0.99
+    - match: {queue: technical, priority: urgent}
+      ratio: 0.999
   phone_service_level: 0.80
   phone_service_level_by_queue: {sales-line: 0.90}
 """
