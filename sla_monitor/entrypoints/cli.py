@@ -721,7 +721,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.func is cmd_due:  # the others read them against their database (_open)
             _instants(args, datetime.now(UTC))
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, so a reader gone away is met below, not at exit
+        return code
     except ConfigError as exc:
         print("config error:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
         return 2

@@ -49,7 +49,7 @@ def dashboard_queries() -> list[tuple[str, dict[str, Any], dict[str, Any], str]]
     out = []
     for path in sorted((ROOT / "dashboards").glob("*.json")):
         for panel in json.loads(path.read_text())["panels"]:
-            for target in panel["targets"]:
+            for target in panel.get("targets", []):  # a text panel has none
                 expr = target["expr"]
                 for var, value in SUBSTITUTIONS.items():
                     expr = expr.replace(var, value)
