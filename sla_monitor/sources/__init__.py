@@ -89,7 +89,16 @@ def build_source(context: SourceContext, kind: str, options: Mapping[str, Any]) 
 
 
 def _register_builtin() -> None:
-    from sla_monitor.sources import asterisk, chatwoot, demo, http_json, imap, jsonl, zendesk
+    from sla_monitor.sources import (
+        asterisk,
+        chatwoot,
+        demo,
+        freshdesk,
+        http_json,
+        imap,
+        jsonl,
+        zendesk,
+    )
 
     register("jsonl", jsonl.JsonlOptions, jsonl.JsonlSource)
     register("demo", demo.DemoOptions, demo.DemoSource)
@@ -98,6 +107,7 @@ def _register_builtin() -> None:
     register("zendesk", zendesk.ZendeskOptions, zendesk.ZendeskSource)
     register("imap", imap.ImapOptions, imap.ImapSource)
     register("chatwoot", chatwoot.ChatwootOptions, chatwoot.ChatwootSource)
+    register("freshdesk", freshdesk.FreshdeskOptions, freshdesk.FreshdeskSource)
 
 
 _register_builtin()

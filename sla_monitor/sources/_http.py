@@ -50,6 +50,12 @@ class JsonClient:
         )
 
     def get(self, url: str, params: dict[str, Any] | None = None) -> Any:
+        return self.get_with_headers(url, params)[0]
+
+    def get_with_headers(
+        self, url: str, params: dict[str, Any] | None = None
+    ) -> tuple[Any, httpx.Headers]:
+        """The JSON body and the response headers (paging links, rate-limit budgets)."""
         try:
             resp = self.client.get(url, params=params)
         except httpx.TimeoutException:
@@ -74,7 +80,7 @@ class JsonClient:
                 f"{resp.status_code} from {_safe(url)}: {resp.text[:200]}", status=resp.status_code
             )
         try:
-            return resp.json()
+            return resp.json(), resp.headers
         except ValueError:
             raise SourceError(f"response from {_safe(url)} is not JSON") from None
 
