@@ -17,7 +17,10 @@ USER, PASSWORD = "support", "imap-test-password"
 
 
 class Dovecot:
-    def __init__(self) -> None:
+    def __init__(self, introspection_url: str | None = None) -> None:
+        # given: tokens are also accepted (XOAUTH2, OAUTHBEARER), checked by POSTing them to
+        # this RFC 7662 introspection endpoint (`passdb oauth2`, as a mail host does)
+        self.introspection_url = introspection_url
         self.binary = shutil.which("dovecot") or "/usr/sbin/dovecot"
         if not Path(self.binary).exists():
             raise RuntimeError(
@@ -76,8 +79,8 @@ ssl = yes
 ssl_cert = <{self.cert}
 ssl_key = <{self.tmp}/key.pem
 disable_plaintext_auth = yes
-auth_mechanisms = plain login
-passdb {{
+auth_mechanisms = plain login{" xoauth2 oauthbearer" if self.introspection_url else ""}
+{self._oauth_passdb()}passdb {{
   driver = passwd-file
   args = scheme=PLAIN {self.tmp}/passwd
 }}
@@ -111,6 +114,20 @@ service stats {{
 }}
 """)
         return conf
+
+    def _oauth_passdb(self) -> str:
+        if not self.introspection_url:
+            return ""
+        ext = self.tmp / "dovecot-oauth2.conf.ext"
+        ext.write_text(
+            f"introspection_mode = post\nintrospection_url = {self.introspection_url}\n"
+            "username_attribute = username\nactive_attribute = active\nactive_value = true\n"
+            "force_introspection = yes\n"
+        )
+        return (
+            "passdb {\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
+            f"  args = {ext}\n}}\n"
+        )
 
     def start(self) -> None:
         conf = self._config()

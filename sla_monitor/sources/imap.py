@@ -39,9 +39,10 @@ from email.policy import default as default_policy
 from email.utils import getaddresses
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sla_monitor.domain.events import Channel, Event, EventKind, Status
+from sla_monitor.sources._oauth import AccessTokens, OAuth2Options
 from sla_monitor.sources._secrets import SecretRef
 from sla_monitor.sources.abc import (
     AuthFailed,
@@ -70,7 +71,8 @@ class ImapOptions(SourceOptions):
     tls: Literal["implicit", "starttls", "none"] = "implicit"
     ca_file: str | None = None  # to trust a private CA
     username: str
-    password: SecretRef
+    password: SecretRef | None = None
+    oauth2: OAuth2Options | None = None  # instead of a password (Microsoft 365, Google)
     inbox: str = "INBOX"
     sent: str = "auto"  # the \\Sent special-use folder, or a folder name
     extra_folders: list[str] = []  # e.g. an archive or BCC folder with the team's replies
@@ -82,6 +84,12 @@ class ImapOptions(SourceOptions):
     queue: str = "email"
     max_messages_per_poll: int = Field(500, gt=0)
     timeout: float = 30.0
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> ImapOptions:
+        if (self.password is None) == (self.oauth2 is None):
+            raise ValueError("give password, or oauth2 (Microsoft 365 and Google need OAuth)")
+        return self
 
     def preflight(self) -> Problems:
         ca = path_problem(self.ca_file, "ca_file") if self.ca_file else []
@@ -99,6 +107,7 @@ class ImapSource:
         self.team_addresses = {a.lower() for a in options.team_addresses}
         self.team_domains = {d.lower().lstrip("@") for d in options.team_domains}
         self.parser = BytesHeaderParser(policy=default_policy)
+        self.tokens = AccessTokens(options.oauth2, options.timeout) if options.oauth2 else None
 
     # -- connection -------------------------------------------------------------------------
 
@@ -119,13 +128,27 @@ class ImapSource:
             raise SourceError(f"cannot connect to IMAP {o.host}:{port}: {exc}") from None
         client.normalise_times = False  # keep INTERNALDATE's own offset
         try:
-            client.login(o.username, o.password.read())
+            if self.tokens is not None and o.oauth2 is not None:
+                token = self.tokens.token()
+                if o.oauth2.mechanism == "oauthbearer":
+                    client.oauthbearer_login(o.username, token)
+                else:
+                    client.oauth2_login(o.username, token)
+            else:
+                assert o.password is not None
+                client.login(o.username, o.password.read())
         except LoginError:
             client.shutdown()
-            raise AuthFailed(
-                f"IMAP login refused for {o.username} on {o.host} "
-                f"(password from {o.password.describe()})"
-            ) from None
+            if self.tokens is not None:
+                self.tokens.forget()  # revoked or expired early: ask for a new one next time
+                how = f"OAuth token of {self.tokens.who()}"
+            else:
+                assert o.password is not None
+                how = f"password from {o.password.describe()}"
+            raise AuthFailed(f"IMAP login refused for {o.username} on {o.host} ({how})") from None
+        except (AuthFailed, SourceError):
+            client.shutdown()
+            raise
         return client
 
     def _sent_folder(self, client: Any) -> str | None:
