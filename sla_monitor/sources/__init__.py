@@ -94,6 +94,7 @@ def _register_builtin() -> None:
         chatwoot,
         demo,
         freshdesk,
+        helpscout,
         http_json,
         imap,
         jsonl,
@@ -108,6 +109,7 @@ def _register_builtin() -> None:
     register("imap", imap.ImapOptions, imap.ImapSource)
     register("chatwoot", chatwoot.ChatwootOptions, chatwoot.ChatwootSource)
     register("freshdesk", freshdesk.FreshdeskOptions, freshdesk.FreshdeskSource)
+    register("helpscout", helpscout.HelpScoutOptions, helpscout.HelpScoutSource)
 
 
 _register_builtin()

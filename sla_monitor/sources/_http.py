@@ -62,7 +62,10 @@ class JsonClient:
             raise SourceError(f"timed out: GET {_safe(url)}") from None
         except httpx.HTTPError as exc:
             raise SourceError(f"cannot reach {_safe(url)}: {exc}") from None
-        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        # the standard header, or the one some APIs use instead (Help Scout)
+        retry_after = parse_retry_after(
+            resp.headers.get("Retry-After") or resp.headers.get("X-RateLimit-Retry-After")
+        )
         if resp.status_code == 429:
             raise RateLimited(f"rate limited (429) by {_safe(url)}", retry_after, 429)
         if resp.status_code in (401, 403):
