@@ -94,6 +94,7 @@ def _register_builtin() -> None:
         chatwoot,
         demo,
         freshdesk,
+        front,
         helpscout,
         http_json,
         imap,
@@ -110,6 +111,7 @@ def _register_builtin() -> None:
     register("chatwoot", chatwoot.ChatwootOptions, chatwoot.ChatwootSource)
     register("freshdesk", freshdesk.FreshdeskOptions, freshdesk.FreshdeskSource)
     register("helpscout", helpscout.HelpScoutOptions, helpscout.HelpScoutSource)
+    register("front", front.FrontOptions, front.FrontSource)
 
 
 _register_builtin()
