@@ -17,6 +17,8 @@ class Request:
     path: str
     params: dict[str, str]
     headers: dict[str, str]
+    method: str = "GET"
+    body: Any = None  # a POST's JSON
 
 
 Reply = tuple[int, dict[str, str], Any]  # status, headers, JSON body
@@ -34,16 +36,23 @@ def fake_api(handler: Callable[[Request], Reply]) -> Iterator[FakeApi]:
     api = FakeApi(handler)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length)
+            self.do_GET(method="POST", body=json.loads(raw) if raw else None)
+
+        def do_GET(self, method: str = "GET", body: Any = None) -> None:
             parts = urlsplit(self.path)
             req = Request(
                 parts.path,
                 {k: v[-1] for k, v in parse_qs(parts.query).items()},
                 {k.lower(): v for k, v in self.headers.items()},
+                method,
+                body,
             )
             api.requests.append(req)
-            status, headers, body = api.handler(req)
-            data = json.dumps(body).encode()
+            status, headers, answer = api.handler(req)
+            data = json.dumps(answer).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             for k, v in headers.items():

@@ -98,6 +98,7 @@ def _register_builtin() -> None:
         helpscout,
         http_json,
         imap,
+        intercom,
         jsonl,
         zendesk,
     )
@@ -112,6 +113,7 @@ def _register_builtin() -> None:
     register("freshdesk", freshdesk.FreshdeskOptions, freshdesk.FreshdeskSource)
     register("helpscout", helpscout.HelpScoutOptions, helpscout.HelpScoutSource)
     register("front", front.FrontOptions, front.FrontSource)
+    register("intercom", intercom.IntercomOptions, intercom.IntercomSource)
 
 
 _register_builtin()

@@ -56,10 +56,23 @@ class JsonClient:
         self, url: str, params: dict[str, Any] | None = None
     ) -> tuple[Any, httpx.Headers]:
         """The JSON body and the response headers (paging links, rate-limit budgets)."""
+        return self._request("GET", url, params=params)
+
+    def post_with_headers(self, url: str, payload: Any) -> tuple[Any, httpx.Headers]:
+        """A JSON query sent as a POST (search APIs), answered like a GET."""
+        return self._request("POST", url, payload=payload)
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        params: dict[str, Any] | None = None,
+        payload: Any = None,
+    ) -> tuple[Any, httpx.Headers]:
         try:
-            resp = self.client.get(url, params=params)
+            resp = self.client.request(method, url, params=params, json=payload)
         except httpx.TimeoutException:
-            raise SourceError(f"timed out: GET {_safe(url)}") from None
+            raise SourceError(f"timed out: {method} {_safe(url)}") from None
         except httpx.HTTPError as exc:
             raise SourceError(f"cannot reach {_safe(url)}: {exc}") from None
         # the standard header, or the one some APIs use instead (Help Scout)
