@@ -7,6 +7,8 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from sla_monitor.domain.events import EventKind
 from sla_monitor.domain.timeutil import iso
 from sla_monitor.sources.abc import SourceContext
@@ -135,3 +137,29 @@ class TestDemo:
         assert {e.channel.value for e in r.events} == {"email", "phone", "social"}
         assert all(e.occurred_at <= NOW for e in r.events)
         assert r.watermark == NOW
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "secret"),
+    [
+        ("freshdesk", {"domain": "acme"}, "api_key"),
+        ("helpscout", {"app_id": "app"}, "app_secret"),
+        ("front", {}, "token"),
+        ("intercom", {}, "token"),
+    ],
+)
+def test_check_config_names_an_unreadable_helpdesk_secret(
+    kind: str, options: dict[str, object], secret: str
+) -> None:
+    """`check-config` (preflight) finds what `run` would fail on, for every helpdesk."""
+    from sla_monitor.sources import preflight_source
+
+    problems = preflight_source(kind, {**options, secret: {"env": "SLA_TEST_UNSET_SECRET"}})
+    assert problems == [
+        (
+            ("options", secret),
+            "environment variable SLA_TEST_UNSET_SECRET is not set "
+            f"(a secret {secret} is read from it)",
+        )
+    ]
+    assert preflight_source(kind, {**options, "nonsense": 1})  # unknown keys are named too
