@@ -100,6 +100,7 @@ def _register_builtin() -> None:
         imap,
         intercom,
         jsonl,
+        taskrouter,
         zendesk,
     )
 
@@ -114,6 +115,7 @@ def _register_builtin() -> None:
     register("helpscout", helpscout.HelpScoutOptions, helpscout.HelpScoutSource)
     register("front", front.FrontOptions, front.FrontSource)
     register("intercom", intercom.IntercomOptions, intercom.IntercomSource)
+    register("taskrouter", taskrouter.TaskRouterOptions, taskrouter.TaskRouterSource)
 
 
 _register_builtin()
