@@ -364,6 +364,45 @@ def support_overview() -> Board:
                     **thresholds(("green", None), ("red", within)),
                 },
             )
+    for title, description, exprs, unit in (
+        (
+            "Phone: calls waiting now",
+            "Callers on hold in each queue right now (answer target not yet met).",
+            [('sla:phone_calls_waiting:count{queue=~"$queue"}', "{{queue}}")],
+            "short",
+        ),
+        (
+            "Phone: longest wait now",
+            "How long the longest-waiting caller of each queue has been on hold.",
+            [('sla:phone_longest_wait:seconds{queue=~"$queue"}', "{{queue}}")],
+            "s",
+        ),
+        (
+            "Phone: average speed of answer (1h)",
+            "Average time callers waited before an agent answered, over the last hour.",
+            [
+                (
+                    'sla:phone_average_speed_of_answer:seconds_rate1h{queue=~"$queue"}',
+                    "{{queue}}",
+                )
+            ],
+            "s",
+        ),
+        (
+            "Phone: abandon rate (1h)",
+            "Share of calls the caller hung up on, over the last hour: all abandons, and "
+            "without the short ones (under policy.short_abandon).",
+            [
+                ('sla:phone_abandon:ratio_rate1h{queue=~"$queue"}', "{{queue}} all"),
+                (
+                    'sla:phone_abandon_not_short:ratio_rate1h{queue=~"$queue"}',
+                    "{{queue}} without short",
+                ),
+            ],
+            "percentunit",
+        ),
+    ):
+        b.panel("timeseries", title, description, exprs, unit=unit, w=6, h=7)
     b.panel(
         "timeseries",
         "Phone service level (1h) against goal",

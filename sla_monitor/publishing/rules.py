@@ -177,6 +177,29 @@ def render_rules(config: Config, runbooks_url: str) -> str:
         listed = f'sum by (queue) ({OUTCOMES}{{{phone},queue=~"{names}"}})'
         default_goal = f"({default_goal})\nunless on(queue)\n{listed}"
     record("sla:phone_service_level_goal:ratio", default_goal, "answered within the target")
+    # the contact-centre figures a phone lead reads, per queue: calls waiting now and the
+    # longest wait, average speed of answer, abandon rate (short abandons in and out)
+    waiting = f'sla_open_targets{{{phone},state!="paused"}}'
+    record("sla:phone_calls_waiting:count", f"sum by (queue) ({waiting})")
+    oldest = f"sla_oldest_open_target_start_timestamp_seconds{{{phone}}}"
+    record(  # 0 for a queue with nobody waiting (the gauge is absent then)
+        "sla:phone_longest_wait:seconds",
+        f"(time() - min by (queue) ({oldest}))\nor on(queue)\n(0 * sla:phone_calls_waiting:count)",
+    )
+    record(
+        "sla:phone_average_speed_of_answer:seconds_rate1h",
+        f"sum by (queue) (rate(sla_response_seconds_sum{{{phone}}}[1h]))\n/\n"
+        f"sum by (queue) (rate(sla_response_seconds_count{{{phone}}}[1h]))",
+    )
+    for name, gave_up, ended in (
+        ("abandon", "abandoned|abandoned_short", "met|breached|abandoned|abandoned_short"),
+        ("abandon_not_short", "abandoned", "met|breached|abandoned"),
+    ):
+        record(
+            f"sla:phone_{name}:ratio_rate1h",
+            f'sum by (queue) (rate({OUTCOMES}{{{phone},outcome=~"{gave_up}"}}[1h]))\n/\n'
+            f'sum by (queue) (rate({OUTCOMES}{{{phone},outcome=~"{ended}"}}[1h]))',
+        )
 
     out += ["", "  - name: sla-monitor.alerts", "    rules:"]
 
@@ -275,6 +298,16 @@ def render_rules(config: Config, runbooks_url: str) -> str:
             "below goal",
             "Fewer calls than the goal were answered within the answer target over the last "
             "hour ({{ $labels.formula }}).",
+        ),
+        (
+            "SLACallsWaitingTooLong",
+            f'sum by (queue) (sla_open_targets{{{phone},state="breached"}}) > 0',
+            "30s",
+            "warning",
+            "{{ $value }} calls in {{ $labels.queue }} have waited longer than the answer "
+            "target and are still waiting",
+            "Callers are on hold past the answer target right now (each call is paged as "
+            "AcknowledgementLapsed): more agents on the phones, or overflow the queue.",
         ),
         (
             "SLASourceDown",
