@@ -90,6 +90,7 @@ def build_source(context: SourceContext, kind: str, options: Mapping[str, Any]) 
 
 def _register_builtin() -> None:
     from sla_monitor.sources import (
+        ami,
         asterisk,
         chatwoot,
         demo,
@@ -107,6 +108,7 @@ def _register_builtin() -> None:
     register("jsonl", jsonl.JsonlOptions, jsonl.JsonlSource)
     register("demo", demo.DemoOptions, demo.DemoSource)
     register("asterisk_queue_log", asterisk.AsteriskOptions, asterisk.AsteriskQueueLogSource)
+    register("asterisk_ami", ami.AmiOptions, ami.AmiSource)
     register("http_json", http_json.HttpJsonOptions, http_json.HttpJsonSource)
     register("zendesk", zendesk.ZendeskOptions, zendesk.ZendeskSource)
     register("imap", imap.ImapOptions, imap.ImapSource)
