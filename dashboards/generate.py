@@ -389,6 +389,19 @@ def support_overview() -> Board:
             "s",
         ),
         (
+            "Phone: callbacks (1d)",
+            "Callers who asked to be called back instead of waiting, and those the team then "
+            "reached, over the last day.",
+            [
+                (
+                    "sum by (queue, state) "
+                    '(increase(sla_callbacks_total{channel="phone",queue=~"$queue"}[1d]))',
+                    "{{queue}} {{state}}",
+                )
+            ],
+            "short",
+        ),
+        (
             "Phone: abandon rate (1h)",
             "Share of calls the caller hung up on, over the last hour: all abandons, and "
             "without the short ones (under policy.short_abandon).",

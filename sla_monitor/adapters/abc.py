@@ -115,6 +115,10 @@ class CounterRepository(Protocol):
 
     def repeats(self) -> Counts: ...
 
+    def callbacks(self) -> Counts:
+        """(channel, queue, "requested" | "handled") -> callbacks, archived ones included."""
+        ...
+
     def outcomes(self) -> Counts: ...
 
     def count_responses_in(self, bounds: tuple[float, ...]) -> None:

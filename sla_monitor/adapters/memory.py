@@ -260,6 +260,18 @@ class _Counters(_Role):
         )
         return _plus(counts, self.t.carried.get(Carried.REPEATS))
 
+    def callbacks(self) -> Counts:
+        out: Counts = []
+        for counter, state, flag in (
+            (Carried.CALLBACKS_REQUESTED, "requested", "callback_requested"),
+            (Carried.CALLBACKS_HANDLED, "handled", "callback_handled"),
+        ):
+            counts: Counter[tuple[str, ...]] = Counter(
+                (c.channel, c.queue) for c in self.t.contacts.values() if getattr(c, flag)
+            )
+            out += [((*k, state), n) for k, n in _plus(counts, self.t.carried.get(counter))]
+        return out
+
     def outcomes(self) -> Counts:
         counts: Counter[tuple[str, ...]] = Counter(
             (t.channel, t.queue, t.priority, t.target, t.outcome)

@@ -88,6 +88,8 @@ class ContactRow(Base):
     unmatched: Mapped[bool | None] = mapped_column(Boolean)
     # counted in sla_repeat_contacts_total: stays true when a later event unlinks it
     repeat_counted: Mapped[bool | None] = mapped_column(Boolean)
+    callback_requested: Mapped[bool | None] = mapped_column(Boolean)  # 0014
+    callback_handled: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class TargetRow(Base):

@@ -56,6 +56,8 @@ class ContactRecord(NamedTuple):
     awaiting_us: int | None
     unmatched: bool | None
     repeat_counted: bool | None  # counted as a repeat contact (stays, once counted)
+    callback_requested: bool | None = None  # 0014: the caller asked to be called back
+    callback_handled: bool | None = None  # ... and the team got back to them
 
     @property
     def key(self) -> ContactKey:
@@ -159,6 +161,8 @@ class Carried(StrEnum):
     REPEATS = "sla_repeat_contacts"
     UNMATCHED = "sla_contacts_unmatched"
     OUTCOMES = "sla_target_outcomes"
+    CALLBACKS_REQUESTED = "sla_callbacks_requested"
+    CALLBACKS_HANDLED = "sla_callbacks_handled"
 
 
 CONTACTS_SEEN = "contacts"  # state_counts metric: (source, channel, queue) -> contacts
@@ -182,6 +186,10 @@ def state_counts(contacts: Iterable[Row], targets: Iterable[Row], sign: int = 1)
             out[(Carried.UNMATCHED, (c[2], c[3]))] += sign
         if c[16]:
             out[(Carried.REPEATS, (c[2], c[3]))] += sign
+        if c[17]:  # callback_requested 17, callback_handled 18
+            out[(Carried.CALLBACKS_REQUESTED, (c[2], c[3]))] += sign
+        if c[18]:
+            out[(Carried.CALLBACKS_HANDLED, (c[2], c[3]))] += sign
     for t in targets:
         # TargetRecord order: target 2, channel 4, queue 5, priority 6, outcome 8
         if t[8] is not None:
@@ -325,6 +333,8 @@ def evaluation_rows(
                 _us(ev.awaiting_watermark),
                 unmatched,
                 link is not None or ev.key in (repeats_counted or ()),
+                ev.callback_requested_at is not None,
+                ev.callback_handled_at is not None,
             )
         )
         for t in ev.targets:
@@ -376,6 +386,10 @@ def carried_counts(
             counters[Carried.REPEATS][(c.channel, c.queue)] += 1
         if c.unmatched:
             counters[Carried.UNMATCHED][(c.channel, c.queue)] += 1
+        if c.callback_requested:
+            counters[Carried.CALLBACKS_REQUESTED][(c.channel, c.queue)] += 1
+        if c.callback_handled:
+            counters[Carried.CALLBACKS_HANDLED][(c.channel, c.queue)] += 1
     responses: dict[tuple[str, str, str, str, int], tuple[int, float]] = {}
     for t in targets:
         if t.outcome is not None:

@@ -520,6 +520,16 @@ class _Counters(_Role):
     def repeats(self) -> Counts:
         return self._plus_carried(Carried.REPEATS)
 
+    def callbacks(self) -> Counts:
+        return [
+            ((*labels, state), n)
+            for counter, state in (
+                (Carried.CALLBACKS_REQUESTED, "requested"),
+                (Carried.CALLBACKS_HANDLED, "handled"),
+            )
+            for labels, n in self._plus_carried(counter)
+        ]
+
     def queues_seen(self) -> list[tuple[str, str, str]]:
         seen = self._state_counts(CONTACTS_SEEN)
         return sorted((labels[0], labels[1], labels[2]) for labels, n in seen.items() if n > 0)

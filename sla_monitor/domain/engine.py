@@ -97,6 +97,9 @@ class ContactEvaluation:
     next_wake: datetime | None  # next warning point or deadline after as_of
     awaiting_watermark: datetime | None  # earliest passed deadline the source has not reached
     events: int = 0
+    # a caller who asked to be called back, and the team's first personal response after it
+    callback_requested_at: datetime | None = None
+    callback_handled_at: datetime | None = None
 
 
 @dataclass
@@ -543,6 +546,17 @@ def evaluate_contact(
                 wake = idle_end if wake is None else min(wake, idle_end)
             elif awaiting is None or idle_end < awaiting:
                 awaiting = idle_end  # due, but the source has not been read that far
+    callback = next((e.occurred_at for e in evs if e.kind is EventKind.CALLBACK_REQUESTED), None)
+    handled = None
+    if callback is not None:
+        handled = next(
+            (
+                e.occurred_at
+                for e in evs
+                if e.kind in PERSONAL_RESPONSES and e.occurred_at > callback
+            ),
+            None,
+        )
     return ContactEvaluation(
         key,
         attrs,
@@ -554,6 +568,8 @@ def evaluate_contact(
         wake,
         awaiting,
         stored,
+        callback,
+        handled,
     )
 
 

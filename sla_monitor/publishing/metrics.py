@@ -74,7 +74,7 @@ class MonitorCollector(Collector):
         policy = self.monitor.policy
         renamed: dict[str, str] = snap["queue_labels"]
         if renamed:  # queues beyond their source's bound: one series under queue="other"
-            for name in ("opened", "outcomes", "open_counts", "unmatched", "repeats"):
+            for name in ("opened", "outcomes", "open_counts", "unmatched", "repeats", "callbacks"):
                 snap[name] = _fold(snap[name], renamed, operator.add)
             snap["responses"] = _fold(snap["responses"], renamed, _add_histograms)
             snap["oldest"] = _fold(snap["oldest"], renamed, min)
@@ -155,6 +155,16 @@ class MonitorCollector(Collector):
         for (ch, q), n in sorted(snap["repeats"].items()):
             repeats.add_metric([ch, q], n)
         yield repeats
+
+        callbacks = CounterMetricFamily(
+            "sla_callbacks",
+            "Callers who asked to be called back (state=requested), and those the team got "
+            "back to (state=handled).",
+            labels=["channel", "queue", "state"],
+        )
+        for (ch, q, st), n in sorted(snap["callbacks"].items()):
+            callbacks.add_metric([ch, q, st], n)
+        yield callbacks
 
         folded = GaugeMetricFamily(
             "sla_source_queues_folded",

@@ -94,6 +94,7 @@ class TargetChange:
 class AggregateChange:
     opened: Counter[tuple[str, ...]] = field(default_factory=Counter)
     unmatched: Counter[tuple[str, ...]] = field(default_factory=Counter)
+    callbacks: Counter[tuple[str, ...]] = field(default_factory=Counter)
     series: set[tuple[str, str]] = field(default_factory=set)
     removed: list[tuple[ContactKey, int, Contribution]] = field(default_factory=list)
     added: list[tuple[ContactKey, int, Contribution]] = field(default_factory=list)
@@ -106,6 +107,7 @@ class AggregateChange:
         """Change the aggregates (after the commit that stored the evaluations)."""
         live.opened.update(self.opened)
         live.unmatched.update(self.unmatched)
+        live.callbacks.update(self.callbacks)
         live.series.update(self.series)
         for key, seq, row in self.removed:
             _contribute(live, key, seq, row, -1)
@@ -136,6 +138,21 @@ def diff(
             if kept is None and ev.rule is None:  # opens now, and no rule takes it
                 change.unmatched[(ch, q)] += 1
         change.series.add((a.channel.value, a.queue))
+        # callbacks, counted under the labels the contact row carries (as stored)
+        if old is not None:
+            for state, flag in (
+                ("requested", old.callback_requested),
+                ("handled", old.callback_handled),
+            ):
+                if flag:
+                    change.callbacks[(old.channel, old.queue, state)] -= 1
+        row_ch, row_q = (kept or (a.channel.value, a.queue, ""))[:2]
+        for state, at in (
+            ("requested", ev.callback_requested_at),
+            ("handled", ev.callback_handled_at),
+        ):
+            if at is not None:
+                change.callbacks[(row_ch, row_q, state)] += 1
         previous: dict[tuple[str, int], Contribution] = {}
         for r in targets.get(key, []):
             row = previous[(r.target, r.seq)] = Contribution.of(r)

@@ -132,6 +132,7 @@ class LiveState:
         self.outcomes: Counter[tuple[str, ...]] = Counter()
         self.opened: Counter[tuple[str, ...]] = Counter()
         self.repeats: Counter[tuple[str, ...]] = Counter()
+        self.callbacks: Counter[tuple[str, ...]] = Counter()  # (channel, queue, state)
         self.unmatched: Counter[tuple[str, ...]] = Counter()
         self.responses: dict[tuple[str, str, str, str], Histogram] = {}  # ch, q, prio, target
         self.ingested: Counter[tuple[str, ...]] = Counter()
@@ -216,6 +217,7 @@ class LiveState:
         self.outcomes.clear()
         self.opened.clear()
         self.repeats.clear()
+        self.callbacks.clear()
         self.unmatched.clear()
         self.responses.clear()
 
@@ -252,6 +254,7 @@ def resume(
         (live.outcomes, c.outcomes()),
         (live.opened, c.opened()),
         (live.repeats, c.repeats()),
+        (live.callbacks, c.callbacks()),
         (live.unmatched, c.unmatched()),
         (live.ingested, c.ingested()),
         (live.rejected, c.rejected()),

@@ -885,6 +885,7 @@ class Monitor:
                 "outcomes": dict(live.outcomes),
                 "opened": dict(live.opened),
                 "repeats": dict(live.repeats),
+                "callbacks": dict(live.callbacks),
                 "unmatched": dict(live.unmatched),
                 "responses": {k: (h.cumulative(), h.total) for k, h in live.responses.items()},
                 "ingested": dict(live.ingested),

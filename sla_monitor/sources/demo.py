@@ -167,7 +167,16 @@ class DemoSource:
         elif r < 0.82:
             add(EventKind.CALL_ABANDONED, t0 + timedelta(seconds=rng.uniform(1, 5)), "ABANDON")
         else:
-            add(EventKind.CALL_ABANDONED, t0 + timedelta(seconds=rng.uniform(8, 70)), "ABANDON")
+            gave_up = t0 + timedelta(seconds=rng.uniform(8, 70))
+            # some long waits end in a callback request instead, usually returned; drawn
+            # apart, so the rest of the script stays
+            back = random.Random(f"{self.options.seed}:{conv}:callback")
+            if back.random() < 0.4:
+                add(EventKind.CALLBACK_REQUESTED, gave_up)
+                if back.random() < 0.8:  # an agent calls back within the half hour
+                    add(EventKind.CALL_ANSWERED, gave_up + timedelta(minutes=back.uniform(3, 30)))
+            else:
+                add(EventKind.CALL_ABANDONED, gave_up, "ABANDON")
 
     def _social(
         self, rng: random.Random, ev: list[Event], conv: str, t0: datetime, cust: str

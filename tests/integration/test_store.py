@@ -165,8 +165,8 @@ def test_migration_0010_counts_what_an_earlier_version_stored(
         evaluate_contact(contacts[2:], shipped_config.policy, at(hours=3), at(hours=3)),
     ]
     contact_rows, target_rows = evaluation_rows(evaluations)
-    columns = {  # as 0009 had them: no kept counts yet
-        "contacts": CONTACT_FIELDS,
+    columns = {  # as 0009 had them: no kept counts yet, no callback flags (0014)
+        "contacts": CONTACT_FIELDS[: CONTACT_FIELDS.index("callback_requested")],
         "targets": TARGET_FIELDS,
     }
     with old.engine.begin() as conn:
@@ -177,7 +177,7 @@ def test_migration_0010_counts_what_an_earlier_version_stored(
                     f"INSERT INTO {table} ({', '.join(names)}) "
                     f"VALUES ({', '.join(':' + n for n in names)})"
                 ),
-                [dict(zip(names, r, strict=True)) for r in rows],
+                [dict(zip(names, r[: len(names)], strict=True)) for r in rows],
             )
         conn.execute(
             sa.text(

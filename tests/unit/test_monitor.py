@@ -336,3 +336,27 @@ def test_the_default_bound_leaves_a_usual_desk_alone(store: Store, shipped_confi
     samples = exposition(m)
     assert queue_values(samples) == {*queues[:100], "other"}
     assert samples[("sla_source_queues_folded", (("source", "desk"),))] == 1
+
+
+def test_callbacks_requested_and_handled_are_counted_and_survive_a_restart(
+    store: Store, shipped_config: Config
+) -> None:
+    """A caller who asks to be called back is counted once, and again as handled when the
+    team reaches them; a restart reads the counts back, a re-read changes nothing."""
+    m = make_monitor(store, shipped_config)
+    phone = {"channel": "phone", "queue": "support-line", "source": "desk"}
+    first = [
+        ev("call_queued", T0, conv="K", event_id="k1", **phone),
+        ev("callback_requested", at(seconds=45), conv="K", event_id="k2", **phone),
+    ]
+    m.apply_poll("desk", "jsonl", PollResult(first, cursor="1", watermark=at(hours=1)), 0)
+    samples = exposition(m)
+    key = (("channel", "phone"), ("queue", "support-line"))
+    assert samples[("sla_callbacks_total", (*key, ("state", "requested")))] == 1
+    assert ("sla_callbacks_total", (*key, ("state", "handled"))) not in samples
+    back = ev("call_answered", at(minutes=20), conv="K", event_id="k3", **phone)
+    m.apply_poll("desk", "jsonl", PollResult([back], cursor="2", watermark=at(hours=2)), 0)
+    m.apply_poll("desk", "jsonl", PollResult([back], cursor="3", watermark=at(hours=2)), 0)
+    samples = exposition(make_monitor(store, shipped_config))  # restarted
+    assert samples[("sla_callbacks_total", (*key, ("state", "requested")))] == 1
+    assert samples[("sla_callbacks_total", (*key, ("state", "handled")))] == 1
