@@ -92,6 +92,8 @@ class FakeAmi:
                     conn.sendall(
                         block(Response="Goodbye", ActionID=aid, Message="Thanks for all the fish.")
                     )
+                    if self.conn is conn:
+                        self.conn = None
                     conn.close()
                     return
 
@@ -109,7 +111,8 @@ class FakeAmi:
     def drop(self) -> None:
         """The connection dies (a network fault, an Asterisk restart)."""
         if self.conn is not None:
-            self.conn.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):  # the client may have gone already
+                self.conn.shutdown(socket.SHUT_RDWR)
             self.conn.close()
             self.conn = None
 

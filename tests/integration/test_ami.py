@@ -7,6 +7,7 @@ drop, cancelled, never breached."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -184,6 +185,11 @@ def test_live_events_are_the_facts_queue_log_records_with_the_same_outcomes(
     )
     assert (answer["met"], answer["breached"]) == (1, 2)  # A in 8 s; B at 40 s, C timed out
     assert live.watermark == datetime.fromtimestamp(T + 400 - 2, UTC)
+    ami.close()  # says goodbye
+    deadline = time.monotonic() + 5
+    while "Logoff" not in [a.get("Action") for a in pbx.actions]:
+        assert time.monotonic() < deadline, "no Logoff"
+        time.sleep(0.01)
 
 
 def test_a_drop_mid_call_holds_the_watermark_and_the_gap_is_read_back_from_queue_log(
