@@ -104,6 +104,12 @@ class JsonClient:
         self.client.close()
 
 
+def json_object(value: Any) -> dict[str, Any]:
+    """A JSON object from a payload, or an empty one where the payload has something else
+    (vendors send null, lists or strings where the documentation shows an object)."""
+    return value if isinstance(value, dict) else {}
+
+
 def _safe(url: str) -> str:
     """The URL without its query (which may carry tokens) for error messages."""
     return url.split("?", 1)[0]

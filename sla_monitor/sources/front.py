@@ -37,6 +37,7 @@ from pydantic import Field, field_validator
 from sla_monitor.domain.events import Channel, Event, EventKind, Status
 from sla_monitor.domain.timeutil import parse_duration
 from sla_monitor.sources._http import JsonClient
+from sla_monitor.sources._http import json_object as _obj
 from sla_monitor.sources._secrets import SecretRef
 from sla_monitor.sources.abc import PollResult, Rejected, SourceContext, SourceError, SourceOptions
 
@@ -76,10 +77,6 @@ class FrontOptions(SourceOptions):
     @classmethod
     def _start(cls, v: Any) -> timedelta:
         return parse_duration(v)
-
-
-def _obj(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 class FrontSource:

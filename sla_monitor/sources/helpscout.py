@@ -36,6 +36,7 @@ from pydantic import Field, field_validator
 from sla_monitor.domain.events import Channel, Event, EventKind, Status
 from sla_monitor.domain.timeutil import iso, parse_duration, parse_instant
 from sla_monitor.sources._http import JsonClient
+from sla_monitor.sources._http import json_object as _obj
 from sla_monitor.sources._oauth import AccessTokens, OAuth2Options
 from sla_monitor.sources._secrets import SecretRef
 from sla_monitor.sources.abc import (
@@ -222,8 +223,3 @@ class HelpScoutSource:
     def close(self) -> None:
         self.client.close()
         self.tokens.close()
-
-
-def _obj(value: Any) -> dict[str, Any]:
-    """A JSON object, or an empty one where the payload has something else."""
-    return value if isinstance(value, dict) else {}

@@ -33,6 +33,7 @@ from pydantic import Field, field_validator
 from sla_monitor.domain.events import Channel, Event, EventKind, Status
 from sla_monitor.domain.timeutil import parse_duration, parse_instant
 from sla_monitor.sources._http import JsonClient
+from sla_monitor.sources._http import json_object as _obj
 from sla_monitor.sources._secrets import SecretRef
 from sla_monitor.sources.abc import PollResult, Rejected, SourceContext, SourceError, SourceOptions
 
@@ -56,10 +57,6 @@ class TaskRouterOptions(SourceOptions):
     @classmethod
     def _durations(cls, v: Any) -> timedelta:
         return parse_duration(v)
-
-
-def _obj(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 class TaskRouterSource:
