@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from sla_monitor.domain.events import Channel, Event, Rejected
+from sla_monitor.domain.timeutil import parse_duration
 from sla_monitor.sources._secrets import SecretRef
 
 Problems = list[tuple[tuple[int | str, ...], str]]  # (key path under the source, message)
@@ -30,6 +31,19 @@ class SourceOptions(BaseModel):
         """What `run` will need and can be checked without side effects: every secret
         readable (its value never shown). Connectors add their own (files, folders)."""
         return secrets_unreadable(self, ("options",))
+
+
+class ApiOptions(SourceOptions):
+    """Options every connector reading a vendor API by time shares."""
+
+    start: timedelta = timedelta(days=7)  # how far back the first poll reads
+    overlap: timedelta = timedelta(minutes=2)  # read again before the last mark (ids dedupe)
+    timeout: float = 30.0
+
+    @field_validator("start", "overlap", mode="before")
+    @classmethod
+    def _durations(cls, v: Any) -> timedelta:
+        return parse_duration(v)
 
 
 def secrets_unreadable(model: BaseModel, at: tuple[int | str, ...] = ("options",)) -> Problems:

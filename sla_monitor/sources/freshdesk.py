@@ -33,17 +33,23 @@ import json
 import re
 import time
 from collections import OrderedDict
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import httpx
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from sla_monitor.domain.events import Channel, Event, EventKind, Status
-from sla_monitor.domain.timeutil import iso, parse_duration, parse_instant
+from sla_monitor.domain.timeutil import iso, parse_instant
 from sla_monitor.sources._http import JsonClient
 from sla_monitor.sources._secrets import SecretRef
-from sla_monitor.sources.abc import PollResult, Rejected, SourceContext, SourceError, SourceOptions
+from sla_monitor.sources.abc import (
+    ApiOptions,
+    PollResult,
+    Rejected,
+    SourceContext,
+    SourceError,
+)
 
 CHANNELS = {
     1: Channel.EMAIL,  # email
@@ -65,24 +71,16 @@ MAX_TICKETS = 50_000  # last status and priority remembered per ticket, in the c
 _NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 
 
-class FreshdeskOptions(SourceOptions):
+class FreshdeskOptions(ApiOptions):
     domain: str | None = Field(None, description="acme for acme.freshdesk.com")
     base_url: str | None = None  # instead of domain (e.g. a proxy)
     api_key: SecretRef
-    start: timedelta = timedelta(days=7)  # how far back the first poll reads
-    overlap: timedelta = timedelta(minutes=2)
     groups: dict[str, str] = {}  # group id -> queue name
     default_queue: str = "unassigned"
     default_channel: Channel = Channel.EMAIL
     automation_agents: list[int] = []  # agents whose replies are an integration's or a bot's
     max_pages: int = Field(10, ge=1, le=300)  # ticket pages a poll reads (100 tickets each)
     min_remaining: int = Field(20, ge=0)  # fewer requests left this minute: wait a minute
-    timeout: float = 30.0
-
-    @field_validator("start", "overlap", mode="before")
-    @classmethod
-    def _durations(cls, v: Any) -> timedelta:
-        return parse_duration(v)
 
     @model_validator(mode="after")
     def _an_address(self) -> FreshdeskOptions:

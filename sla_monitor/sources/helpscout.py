@@ -28,24 +28,24 @@ from __future__ import annotations
 import contextlib
 import json
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from sla_monitor.domain.events import Channel, Event, EventKind, Status
-from sla_monitor.domain.timeutil import iso, parse_duration, parse_instant
+from sla_monitor.domain.timeutil import iso, parse_instant
 from sla_monitor.sources._http import JsonClient
 from sla_monitor.sources._http import json_object as _obj
 from sla_monitor.sources._oauth import AccessTokens, OAuth2Options
 from sla_monitor.sources._secrets import SecretRef
 from sla_monitor.sources.abc import (
+    ApiOptions,
     AuthFailed,
     PollResult,
     Rejected,
     SourceContext,
     SourceError,
-    SourceOptions,
 )
 
 API = "https://api.helpscout.net"
@@ -60,22 +60,14 @@ STATUSES = {
 PERSONAL = {"message", "chat", "phone", "reply"}  # thread types a person can answer with
 
 
-class HelpScoutOptions(SourceOptions):
+class HelpScoutOptions(ApiOptions):
     app_id: str = Field(description="the OAuth app's App ID (client id)")
     app_secret: SecretRef
     base_url: str = API  # a proxy, or a test server
     mailboxes: dict[str, str] = {}  # mailbox id -> queue name (empty: every mailbox)
     automation_users: list[int] = []  # users whose replies are an integration's
-    start: timedelta = timedelta(days=7)
-    overlap: timedelta = timedelta(minutes=2)
     max_pages: int = Field(10, ge=1, le=1000)  # 25 conversations a page
     min_remaining: int = Field(20, ge=0)
-    timeout: float = 30.0
-
-    @field_validator("start", "overlap", mode="before")
-    @classmethod
-    def _durations(cls, v: Any) -> timedelta:
-        return parse_duration(v)
 
 
 class HelpScoutSource:

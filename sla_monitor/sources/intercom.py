@@ -27,17 +27,22 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from sla_monitor.domain.events import Channel, Event, EventKind, Status
-from sla_monitor.domain.timeutil import parse_duration
 from sla_monitor.sources._http import JsonClient
 from sla_monitor.sources._http import json_object as _obj
 from sla_monitor.sources._secrets import SecretRef
-from sla_monitor.sources.abc import PollResult, Rejected, SourceContext, SourceError, SourceOptions
+from sla_monitor.sources.abc import (
+    ApiOptions,
+    PollResult,
+    Rejected,
+    SourceContext,
+    SourceError,
+)
 
 CHANNELS = {
     "email": Channel.EMAIL,
@@ -54,23 +59,15 @@ STATUSES = {"close": Status.SOLVED, "open": Status.OPEN, "snoozed": Status.ON_HO
 CUSTOMERS = {"user", "lead", "contact"}
 
 
-class IntercomOptions(SourceOptions):
+class IntercomOptions(ApiOptions):
     token: SecretRef  # an access token (Developer Hub -> your app -> Authentication)
     base_url: str = "https://api.intercom.io"  # api.eu.intercom.io, api.au.intercom.io
     api_version: str = "2.11"
     teams: dict[str, str] = {}  # team id -> queue name
     default_queue: str = "unassigned"
     automation_admins: list[str] = []  # admins whose replies are an integration's
-    start: timedelta = timedelta(days=7)
-    overlap: timedelta = timedelta(minutes=2)
     max_pages: int = Field(5, ge=1, le=1000)
     min_remaining: int = Field(50, ge=0)
-    timeout: float = 30.0
-
-    @field_validator("start", "overlap", mode="before")
-    @classmethod
-    def _durations(cls, v: Any) -> timedelta:
-        return parse_duration(v)
 
 
 class IntercomSource:

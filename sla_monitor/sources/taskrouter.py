@@ -28,35 +28,34 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from sla_monitor.domain.events import Channel, Event, EventKind, Status
-from sla_monitor.domain.timeutil import parse_duration, parse_instant
+from sla_monitor.domain.timeutil import parse_instant
 from sla_monitor.sources._http import JsonClient
 from sla_monitor.sources._http import json_object as _obj
 from sla_monitor.sources._secrets import SecretRef
-from sla_monitor.sources.abc import PollResult, Rejected, SourceContext, SourceError, SourceOptions
+from sla_monitor.sources.abc import (
+    ApiOptions,
+    PollResult,
+    Rejected,
+    SourceContext,
+    SourceError,
+)
 
 CHANNELS = {"voice": Channel.PHONE, "sms": Channel.SOCIAL, "whatsapp": Channel.SOCIAL}
 TYPES = ("task.created", "reservation.accepted", "task.canceled", "task.completed")
 MAX_TASKS = 50_000  # tasks whose acceptance is remembered (an abandon is before it)
 
 
-class TaskRouterOptions(SourceOptions):
+class TaskRouterOptions(ApiOptions):
     workspace_sid: str = Field(pattern=r"^WS[0-9a-fA-F]{32}$")
     username: str = Field(description="the account SID (AC…) or an API key SID (SK…)")
     password: SecretRef  # the auth token, or the API key's secret
     base_url: str = "https://taskrouter.twilio.com"
-    start: timedelta = timedelta(hours=24)  # how far back the first poll reads
-    overlap: timedelta = timedelta(minutes=2)
+    start: timedelta = timedelta(hours=24)  # how far back the first poll reads (a day)
     page_size: int = Field(200, ge=1, le=1000)
     max_pages: int = Field(10, ge=1, le=1000)
-    timeout: float = 30.0
-
-    @field_validator("start", "overlap", mode="before")
-    @classmethod
-    def _durations(cls, v: Any) -> timedelta:
-        return parse_duration(v)
 
 
 class TaskRouterSource:

@@ -33,17 +33,23 @@ import contextlib
 import json
 import time
 from collections import OrderedDict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from sla_monitor.domain.events import Channel, Event, EventKind, Status
-from sla_monitor.domain.timeutil import parse_duration, parse_instant
+from sla_monitor.domain.timeutil import parse_instant
 from sla_monitor.sources._http import JsonClient
 from sla_monitor.sources._secrets import SecretRef
-from sla_monitor.sources.abc import PollResult, Rejected, SourceContext, SourceError, SourceOptions
+from sla_monitor.sources.abc import (
+    ApiOptions,
+    PollResult,
+    Rejected,
+    SourceContext,
+    SourceError,
+)
 
 CHANNELS = {
     "mail": Channel.EMAIL,
@@ -85,24 +91,16 @@ MAX_USERS = 50_000  # user roles remembered in the cursor
 AGENT_ROLES = frozenset({"agent", "admin"})
 
 
-class ZendeskOptions(SourceOptions):
+class ZendeskOptions(ApiOptions):
     subdomain: str | None = None
     base_url: str | None = None  # instead of subdomain (e.g. a proxy)
     email: str = Field(description="the agent whose API token is used")
     token: SecretRef
-    start: timedelta = timedelta(days=7)  # how far back the first poll reads
-    overlap: timedelta = timedelta(minutes=2)
     min_request_interval: float = Field(6.0, ge=0)  # 10 requests/minute
     groups: dict[str, str] = {}  # group id -> queue name
     default_queue: str = "unassigned"
     default_channel: Channel = Channel.EMAIL
     automation_users: list[int] = []  # users whose comments are an integration's, not a person's
-    timeout: float = 30.0
-
-    @field_validator("start", "overlap", mode="before")
-    @classmethod
-    def _durations(cls, v: Any) -> timedelta:
-        return parse_duration(v)
 
     def url(self) -> str:
         if self.base_url:
