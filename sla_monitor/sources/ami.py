@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 
@@ -101,6 +102,10 @@ class AmiSource:
         self.leaving: dict[str, tuple[float, dict[str, str]]] = {}  # Leave without an end yet
         self.action = 0
         self._pending: list[dict[str, str]] = []  # events read while awaiting a reply
+        # AMI does not replay: what the last poll returned is kept until its cursor comes
+        # back, i.e. until the store took it (a failed commit hands the old cursor again)
+        self.polls = 0
+        self.unconfirmed: list[Any] = []
 
     # -- the connection -----------------------------------------------------------------
 
@@ -183,6 +188,8 @@ class AmiSource:
 
     def poll(self, cursor: str | None, now: datetime) -> PollResult:
         result = PollResult()
+        if self.polls and cursor != f"ami:{self.polls}":
+            result.events += self.unconfirmed  # not stored: handed over again
         self._pending = []
         if self.sock is None:
             self._connect()
@@ -213,7 +220,9 @@ class AmiSource:
         if self.alive_at is not None:
             mark = self.alive_at - self.options.leave_grace
             result.watermark = datetime.fromtimestamp(mark, UTC)
-        result.cursor = cursor or "ami"
+        self.polls += 1
+        result.cursor = f"ami:{self.polls}"
+        self.unconfirmed = list(result.events)
         return result
 
     def _line(self, m: dict[str, str], verb: str, agent: str, *data: str) -> str:

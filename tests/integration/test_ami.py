@@ -160,12 +160,12 @@ def test_live_events_are_the_facts_queue_log_records_with_the_same_outcomes(
 ) -> None:
     clock = Clock()
     ami = source(pbx, clock)
-    ami.poll(None, AS_OF)  # logs in
+    opened = ami.poll(None, AS_OF)  # logs in
     pbx.wait_connected()
     for event in CALLS_AMI:
         pbx.emit(**event)
     clock.now = T + 400
-    live = ami.poll("ami", AS_OF)
+    live = ami.poll(opened.cursor, AS_OF)
     assert pbx.logins == 1 and [a["Action"] for a in pbx.actions][:2] == ["Login", "Ping"]
     log = tmp_path / "queue_log"
     log.write_text("\n".join(CALLS_LOG) + "\n")
@@ -206,7 +206,10 @@ def test_a_drop_mid_call_holds_the_watermark_and_the_gap_is_read_back_from_queue
     def poll(at: float) -> PollResult:
         clock.now = at
         monitor.clock = FixedClock(datetime.fromtimestamp(at, UTC))  # type: ignore[assignment]
-        result = ami.poll("ami", datetime.fromtimestamp(at, UTC))
+        result = ami.poll(
+            monitor.sources["pbx"].cursor if "pbx" in monitor.sources else None,
+            datetime.fromtimestamp(at, UTC),
+        )
         monitor.apply_poll("pbx", "asterisk_ami", result, 0.0)
         monitor.wake()
         return result
@@ -273,3 +276,22 @@ def test_a_refused_login_names_the_user_not_the_secret(pbx: FakeAmi) -> None:
     with pytest.raises(AuthFailed) as refused:
         source(pbx, Clock(), secret="wrong-secret").poll(None, AS_OF)
     assert "slamon" in str(refused.value) and "wrong-secret" not in str(refused.value)
+
+
+def test_a_poll_the_store_did_not_take_is_handed_over_again(pbx: FakeAmi) -> None:
+    """AMI does not replay: when the commit of a poll fails, the runtime hands the old
+    cursor back, and the events of that poll come again (the store de-duplicates)."""
+    clock = Clock()
+    ami = source(pbx, clock)
+    opened = ami.poll(None, AS_OF)
+    pbx.wait_connected()
+    pbx.emit(**CALLS_AMI[0])
+    clock.now = T + 1
+    lost = ami.poll(opened.cursor, AS_OF)  # read, then the store was away
+    assert [e.event_id for e in lost.events] == [f"A:ENTERQUEUE:{T}"]
+    pbx.emit(**CALLS_AMI[2])
+    clock.now = T + 9
+    again = ami.poll(opened.cursor, AS_OF)  # the cursor did not move
+    assert [e.event_id for e in again.events] == [f"A:ENTERQUEUE:{T}", f"A:CONNECT:{T + 8}"]
+    taken = ami.poll(again.cursor, AS_OF)  # stored: nothing is handed twice
+    assert taken.events == []
